@@ -1,0 +1,66 @@
+# nimbus-kubearmor. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+IMG ?= ghcr.io/nimbus-kubearmor/reconciler
+TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+CONTAINER_TOOL ?= docker
+
+.DEFAULT_GOAL := help
+.PHONY: help venv controlplane test unit e2e faults lint bench demo run render crds image push-image clean
+
+help: ## List the targets with what each does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	@echo ">> creating $(VENV) and installing the project with its test tools"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv and install dependencies
+
+controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl (cached by version)
+	$(PY) -m tests.controlplane.assets build
+
+test: controlplane ## Run every test: unit, and end-to-end on a throwaway local control plane
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv ## Run the unit tests only (no control plane)
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+e2e: controlplane ## Run the end-to-end tests only
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+faults: controlplane ## Run the fault-injection tests only
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+lint: venv ## ruff on everything, mypy --strict on reconciler/
+	$(PY) -m ruff check reconciler tests config
+	$(PY) -m mypy
+
+bench: controlplane ## Run the benchmarks and print their figures
+	$(PY) -m tests.bench
+
+demo: controlplane ## See it work: local control plane, sample policies, the reconciler repairing drift
+	$(PY) -m tests.demo
+
+run: venv ## Run the reconciler against the cluster in KUBECONFIG / ~/.kube/config
+	$(PY) -m reconciler $(ARGS)
+
+render: venv ## Print the KubeArmorPolicies for FILE (make render FILE=config/samples/...)
+	$(PY) -m reconciler render -f $(FILE)
+
+crds: venv ## Regenerate config/crd/bases from config/crd/generate.py
+	$(PY) config/crd/generate.py
+
+image: ## Build the container image (IMG, TAG, CONTAINER_TOOL)
+	$(CONTAINER_TOOL) build -t $(IMG):$(TAG) .
+
+push-image: ## Push the container image (IMG, TAG, CONTAINER_TOOL)
+	$(CONTAINER_TOOL) push $(IMG):$(TAG)
+
+clean: ## Remove the virtualenv and caches (not the control plane binaries)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

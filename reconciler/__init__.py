@@ -1,0 +1,1 @@
+"""nimbus-kubearmor: reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies."""

@@ -1,0 +1,366 @@
+"""Starts a real local control plane the way controller-runtime's envtest does: etcd,
+kube-apiserver (TLS, RBAC, service accounts, an audit log) and kube-controller-manager running only
+the garbage-collector and namespace controllers, every listener on 127.0.0.1 and a free port.
+
+    with LocalControlPlane(assets) as cp:
+        cp.kubeconfig       # admin (system:masters) kubeconfig
+        cp.audit_events()   # every request the API server served, as JSON dicts
+
+Teardown kills every child and removes the temporary directory, also when the test run is
+interrupted; children die with their parent (PR_SET_PDEATHSIG) even when it is SIGKILLed, and
+a later start removes directories such an abrupt end left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from .assets import Assets
+from .pki import CertificateAuthority, service_account_keys
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "config" / "crd" / "bases"
+_WORKDIR_PREFIX = "nimbus-kubearmor-cp-"
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy; raise naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as error:  # the condition is "not yet" until the deadline
+            last_error = error
+        if time.monotonic() >= deadline:
+            raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                    + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def remove_abandoned_workdirs() -> None:
+    """Directories of control planes whose owning process died without tearing down."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / "owner.pid").read_text())
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+def kubeconfig_yaml(server: str, ca_pem: bytes, user: str, cert_pem: bytes, key_pem: bytes,
+                    namespace: str = "default") -> str:
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": server,
+                                                   "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem),
+                                          "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user,
+                                                   "namespace": namespace}}],
+    })
+
+
+class LocalControlPlane:
+    def __init__(self, assets: Assets, crd_dir: Path = CRD_DIR,
+                 log: TextIO | None = None) -> None:
+        self.assets = assets
+        self.crd_dir = crd_dir
+        self._log = log
+        self.workdir = Path()
+        self.ca = CertificateAuthority.create()
+        self.etcd_port = self.etcd_peer_port = self.apiserver_port = self.kcm_port = 0
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.kubeconfig = Path()
+        self.audit_log = Path()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalControlPlane:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    def say(self, message: str) -> None:
+        if self._log is not None:
+            print(f"controlplane: {message}", file=self._log, flush=True)
+
+    def start(self) -> None:
+        started = time.monotonic()
+        remove_abandoned_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
+        self._write_credentials()
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        self.apiserver_port, self.kcm_port = free_port(), free_port()
+        self.say(f"starting etcd on 127.0.0.1:{self.etcd_port}")
+        self._spawn("etcd", self._etcd_args())
+        wait_for(lambda: httpx.get(f"{self.etcd_url}/health", timeout=2).json()["health"] == "true",
+                 30, "etcd to be healthy")
+        self.start_apiserver()
+        self.install_crds()
+        self.say(f"starting kube-controller-manager on 127.0.0.1:{self.kcm_port}")
+        self._spawn("kube-controller-manager", self._kcm_args())
+        wait_for(lambda: httpx.get(f"https://127.0.0.1:{self.kcm_port}/healthz", verify=False,
+                                   timeout=2).status_code == 200,
+                 60, "kube-controller-manager to be healthy")
+        self.startup_seconds = time.monotonic() - started
+        self.say(f"ready in {self.startup_seconds:.1f}s ({self.server}, kubeconfig {self.kubeconfig})")
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self._terminate(name)
+        if self.workdir != Path() and not os.environ.get("NIMBUS_CONTROLPLANE_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start_apiserver(self) -> None:
+        self.say(f"starting kube-apiserver on {self.server}")
+        self._spawn("kube-apiserver", self._apiserver_args(self.apiserver_port))
+        self.wait_ready()
+
+    def stop_apiserver(self) -> None:
+        self._terminate("kube-apiserver")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready() -> bool:
+            self._check_alive("kube-apiserver")
+            with self.client(timeout=2) as client:
+                return client.get("/readyz").status_code == 200
+        wait_for(ready, timeout, "kube-apiserver /readyz")
+
+    # --- processes ------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        self.processes[name] = subprocess.Popen(
+            [str(self.assets.binary(name)), *args], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def _check_alive(self, name: str) -> None:
+        process = self.processes[name]
+        if process.poll() is not None:
+            raise ControlPlaneError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _terminate(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def _write_credentials(self) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir()
+        (pki / "ca.crt").write_bytes(self.ca.cert_pem)
+        self.ca.serving().write(pki, "apiserver")
+        service_account_keys().write(pki, "service-account")
+        admin = self.ca.client("nimbus-admin", ("system:masters",))
+        self.admin_cert, self.admin_key = admin.write(pki, "admin")
+        self.audit_log = self.workdir / "audit.log"
+        (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}],
+        }))
+
+    def _write_admin_kubeconfig(self) -> None:
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.kubeconfig.write_text(kubeconfig_yaml(
+            self.server, self.ca.cert_pem, "nimbus-admin",
+            self.admin_cert.read_bytes(), self.admin_key.read_bytes()))
+
+    def _etcd_args(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        return [
+            "--name=local", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=local={peer}", "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true", "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, port: int) -> list[str]:
+        pki = self.workdir / "pki"
+        if not self.kubeconfig.name:
+            self._write_admin_kubeconfig()
+        return [
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'service-account.crt'}",
+            f"--service-account-signing-key-file={pki / 'service-account.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
+            "--audit-log-format=json", "--audit-log-maxbackup=0",
+            "--v=1",
+        ]
+
+    def _kcm_args(self) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--controllers=garbage-collector-controller,namespace-controller",
+            "--leader-elect=false", "--use-service-account-credentials=false",
+            "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
+            f"--cert-dir={self.workdir / 'kcm-certs'}", "--v=1",
+        ]
+
+    # --- clients and helpers --------------------------------------------------------------------
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        """A synchronous admin client, for test set-up and assertions."""
+        return self._client(self.admin_cert, self.admin_key, timeout)
+
+    def _client(self, cert: Path, key: Path, timeout: float) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        context.load_cert_chain(str(cert), str(key))
+        return httpx.Client(base_url=self.server, verify=context, timeout=timeout)
+
+    def install_crds(self, timeout: float = 60) -> None:
+        documents = [yaml.safe_load(p.read_text()) for p in sorted(self.crd_dir.glob("*.yaml"))]
+        if not documents:
+            raise ControlPlaneError(f"no CRD manifests in {self.crd_dir}")
+        path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        with self.client() as client:
+            for crd in documents:
+                response = client.post(path, json=crd)
+                if response.status_code not in (201, 409):
+                    raise ControlPlaneError(f"installing {crd['metadata']['name']}: "
+                                            f"{response.status_code} {response.text}")
+
+            def established() -> bool:
+                for crd in documents:
+                    status = client.get(f"{path}/{crd['metadata']['name']}").json().get("status", {})
+                    if not any(c["type"] == "Established" and c["status"] == "True"
+                               for c in status.get("conditions", [])):
+                        return False
+                return True
+
+            wait_for(established, timeout, "the CRDs to be Established")
+        self.say(f"installed {len(documents)} CRDs from {self.crd_dir.relative_to(REPO)}")
+
+    def identity_kubeconfig(self, user: str, groups: tuple[str, ...] = (),
+                            namespace: str = "default") -> Path:
+        """A kubeconfig that authenticates as `user` (no permissions unless RBAC grants them)."""
+        pair = self.ca.client(user, groups)
+        path = self.workdir / f"{user.replace(':', '_')}.kubeconfig"
+        path.write_text(kubeconfig_yaml(self.server, self.ca.cert_pem, user, pair.cert_pem,
+                                        pair.key_pem, namespace))
+        return path
+
+    def client_as(self, user: str, groups: tuple[str, ...] = ()) -> httpx.Client:
+        """A synchronous client authenticated as `user`, to check what RBAC lets it do."""
+        stem = f"client-{user.replace(':', '_')}"
+        cert, key = self.ca.client(user, groups).write(self.workdir / "pki", stem)
+        return self._client(cert, key, 30)
+
+    def grant(self, user: str, rules: list[dict[str, Any]]) -> None:
+        """Bind `user` to a ClusterRole holding exactly `rules`."""
+        name = f"test:{user}"
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name}, "rules": rules}
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": name},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": name},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                 "name": user}]}
+        base = "/apis/rbac.authorization.k8s.io/v1"
+        with self.client() as client:
+            for kind, body in (("clusterroles", role), ("clusterrolebindings", binding)):
+                response = client.post(f"{base}/{kind}", json=body)
+                if response.status_code == 409:
+                    response = client.put(f"{base}/{kind}/{name}", json=body)
+                response.raise_for_status()
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        with self.audit_log.open() as log:
+            return [json.loads(line) for line in log if line.strip()]
+
+    def etcd_compact(self) -> int:
+        """Compact etcd's history up to its current revision; returns that revision."""
+        key = base64.b64encode(b"\0").decode()
+        revision = int(httpx.post(f"{self.etcd_url}/v3/kv/range", json={"key": key},
+                                  timeout=5).json()["header"]["revision"])
+        httpx.post(f"{self.etcd_url}/v3/kv/compaction",
+                   json={"revision": revision, "physical": True}, timeout=30).raise_for_status()
+        return revision
+
+
+@contextlib.contextmanager
+def running(assets: Assets, log: TextIO | None = sys.stderr) -> Iterator[LocalControlPlane]:
+    with LocalControlPlane(assets, log=log) as control_plane:
+        yield control_plane

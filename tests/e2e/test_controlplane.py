@@ -1,0 +1,152 @@
+"""The local control plane is the real thing: each of these fails against an HTTP mock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.controlplane.launcher import LocalControlPlane, wait_for
+
+KSP = "/apis/security.kubearmor.com/v1/namespaces/{ns}/kubearmorpolicies"
+NP = "/apis/intent.security.nimbus.com/v1alpha1/namespaces/{ns}/nimbuspolicies"
+
+
+@pytest.fixture
+def namespace(control_plane: LocalControlPlane) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    with control_plane.client() as client:
+        client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
+    return name
+
+
+def ksp(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "action": "Block", **spec}}
+
+
+def nimbus_policy(name: str) -> dict[str, Any]:
+    return {"apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "NimbusPolicy",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": "x"}},
+                     "rules": [{"id": "dnsManipulation", "rule": {"action": "Block"}}]}}
+
+
+def test_version_is_stamped(control_plane: LocalControlPlane) -> None:
+    out = subprocess.run([str(control_plane.assets.binary("kube-apiserver")), "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "Kubernetes v1.35.4"
+    with control_plane.client() as client:
+        assert client.get("/version").json()["gitVersion"] == "v1.35.4"
+
+
+def test_crd_schema_is_enforced(control_plane: LocalControlPlane, namespace: str) -> None:
+    with control_plane.client() as client:
+        enforce = client.post(KSP.format(ns=namespace), json=ksp("a", action="Enforce"))
+        assert enforce.status_code == 422, enforce.text
+        assert "spec.action" in enforce.text
+        relative = client.post(KSP.format(ns=namespace), json=ksp(
+            "b", process={"matchPaths": [{"path": "usr/bin/apt"}]}))
+        assert relative.status_code == 422, relative.text
+        assert "spec.process.matchPaths[0].path" in relative.text
+        good = client.post(KSP.format(ns=namespace), json=ksp(
+            "c", process={"matchPaths": [{"path": "/usr/bin/apt"}]}))
+        assert good.status_code == 201, good.text
+
+
+def test_stale_resource_version_conflicts(control_plane: LocalControlPlane, namespace: str) -> None:
+    with control_plane.client() as client:
+        created = client.post(KSP.format(ns=namespace), json=ksp("p")).json()
+        url = f"{KSP.format(ns=namespace)}/p"
+        first = dict(created, spec={**created["spec"], "message": "one"})
+        assert client.put(url, json=first).status_code == 200
+        stale = dict(created, spec={**created["spec"], "message": "two"})
+        conflict = client.put(url, json=stale)
+        assert conflict.status_code == 409, conflict.text
+
+
+def test_generation_moves_with_spec_not_status(control_plane: LocalControlPlane,
+                                               namespace: str) -> None:
+    with control_plane.client() as client:
+        created = client.post(NP.format(ns=namespace), json=nimbus_policy("np")).json()
+        assert created["metadata"]["generation"] == 1
+        url = f"{NP.format(ns=namespace)}/np"
+        merge = {"Content-Type": "application/merge-patch+json"}
+        status = client.patch(f"{url}/status", headers=merge, content=json.dumps(
+            {"status": {"status": "Created", "numberOfAdapterPolicies": 0}}))
+        assert status.status_code == 200, status.text
+        assert status.json()["metadata"]["generation"] == 1
+        assert status.json()["status"]["status"] == "Created"
+        spec = client.patch(url, headers=merge, content=json.dumps(
+            {"spec": {"selector": {"matchLabels": {"app": "y"}}}}))
+        assert spec.json()["metadata"]["generation"] == 2
+
+
+def test_garbage_collector_deletes_owned_policies(control_plane: LocalControlPlane,
+                                                  namespace: str) -> None:
+    with control_plane.client() as client:
+        owner = client.post(NP.format(ns=namespace), json=nimbus_policy("owner")).json()
+        owned = ksp("owned")
+        owned["metadata"]["ownerReferences"] = [{
+            "apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "NimbusPolicy",
+            "name": "owner", "uid": owner["metadata"]["uid"], "controller": True,
+            "blockOwnerDeletion": True}]
+        assert client.post(KSP.format(ns=namespace), json=owned).status_code == 201
+        client.delete(f"{NP.format(ns=namespace)}/owner").raise_for_status()
+        url = f"{KSP.format(ns=namespace)}/owned"
+        wait_for(lambda: client.get(url).status_code == 404, 60,
+                 "the garbage collector to delete the owned KubeArmorPolicy", interval=0.2)
+
+
+def test_watch_from_compacted_resource_version_is_gone(control_plane: LocalControlPlane,
+                                                       namespace: str) -> None:
+    with control_plane.client() as client:
+        old = client.post(KSP.format(ns=namespace), json=ksp("w0")).json()
+        old_version = old["metadata"]["resourceVersion"]
+        for i in range(3):
+            client.post(KSP.format(ns=namespace), json=ksp(f"w{i + 1}")).raise_for_status()
+    assert control_plane.etcd_compact() > int(old_version)
+    # The API server's watch cache still serves history etcd has compacted away; a restart (as
+    # in a rolling upgrade) drops it, and only etcd's compacted history is left.
+    control_plane.stop_apiserver()
+    control_plane.start_apiserver()
+    with control_plane.client() as client, client.stream(
+            "GET", KSP.format(ns=namespace),
+            params={"watch": "true", "resourceVersion": old_version, "timeoutSeconds": "5"},
+            timeout=httpx.Timeout(15)) as stream:
+        if stream.status_code != 410:  # or 200 and an ERROR event, depending on the path taken
+            assert stream.status_code == 200
+            first = json.loads(next(stream.iter_lines()))
+            assert first["type"] == "ERROR", first
+            assert first["object"]["code"] == 410, first
+
+
+def test_audit_log_records_writes(control_plane: LocalControlPlane, namespace: str) -> None:
+    with control_plane.client() as client:
+        client.post(KSP.format(ns=namespace), json=ksp("audited")).raise_for_status()
+
+    def recorded() -> bool:
+        return any(e["verb"] == "create" and e.get("objectRef", {}).get("name") == "audited"
+                   and e.get("objectRef", {}).get("namespace") == namespace
+                   for e in control_plane.audit_events())
+    wait_for(recorded, 10, "the audit log to record the create")
+
+
+def test_minted_identity_has_only_what_rbac_grants(control_plane: LocalControlPlane,
+                                                   namespace: str) -> None:
+    user = f"reader-{uuid.uuid4().hex[:6]}"
+    control_plane.grant(user, [{"apiGroups": ["security.kubearmor.com"],
+                                "resources": ["kubearmorpolicies"], "verbs": ["get", "list"]}])
+    kubeconfig = yaml.safe_load(control_plane.identity_kubeconfig(user).read_text())
+    assert kubeconfig["users"][0]["name"] == user
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == control_plane.server
+    with control_plane.client_as(user) as client:
+        assert client.get(KSP.format(ns=namespace)).status_code == 200
+        assert client.post(KSP.format(ns=namespace), json=ksp("no")).status_code == 403
+        assert client.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
