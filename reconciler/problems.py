@@ -1,0 +1,31 @@
+"""Bad input, as values: what is wrong, in which NimbusPolicy, which rule, which field."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class ProblemKind(enum.Enum):
+    """The value is the metric label and the Event reason suffix; keep them stable."""
+
+    MALFORMED = "Malformed"
+    UNKNOWN_INTENT = "UnknownIntent"
+    UNKNOWN_ACTION = "UnknownAction"
+    NAME_TOO_LONG = "NameTooLong"
+    BAD_PARAM = "BadParam"
+    DUPLICATE_INTENT = "DuplicateIntent"
+
+
+@attrs.frozen
+class Problem:
+    kind: ProblemKind
+    policy: str  # "namespace/name" of the NimbusPolicy
+    field: str  # JSON path into the NimbusPolicy, e.g. "spec.rules[2].rule.action"
+    message: str
+    rule_index: int | None = None
+    rule_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"NimbusPolicy {self.policy}: {self.field}: {self.message}"
