@@ -1,0 +1,39 @@
+"""`make bench`: runs the benchmarks, prints a table, writes tests/bench/results.json.
+
+    python -m tests.bench [--quick] [queue ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+from . import queue_bench
+
+RESULTS = Path(__file__).parent / "results.json"
+SUITES = {"queue": queue_bench.run}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("suites", nargs="*", choices=[*SUITES, []], default=list(SUITES))
+    args = parser.parse_args()
+    results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                                             f"Python {platform.python_version()}"}
+    for suite in args.suites:
+        print(f">> {suite}", flush=True)
+        figures = SUITES[suite](quick=args.quick)
+        for name, value in figures.items():
+            print(f"   {name:<40} {value:>14,.2f}")
+        results.update(figures)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
