@@ -1,19 +1,80 @@
-"""Command line: `python -m reconciler [--once [--dry-run]] [flags]` and `render -f FILE`."""
+"""Command line: the controller (default), `--once [--dry-run]`, and `render -f FILE`.
+Flags follow controller-runtime's names where it has them."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-from . import render
+import anyio
+
+from . import logs, render
+from .app import RunOptions, run_controller, run_once
+from .controller import ControllerConfig
+from .server import parse_bind_address
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def _namespace(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a namespace name (a DNS label)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+def _duration(value: str) -> float:
+    match = _DURATION.match(value)
+    if not value or match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 10m, 90s or 1h30m")
+    hours, minutes, seconds = match.groups()
+    total = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be longer than 0")
+    return total
+
+
+def _bind_address(value: str) -> str:
+    try:
+        parse_bind_address(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reconciler",
-        description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.",
-    )
-    commands = parser.add_subparsers(dest="command")
+        description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service "
+                        "account, else $KUBECONFIG, else ~/.kube/config)")
+    parser.add_argument("--once", action="store_true",
+                        help="reconcile every NimbusPolicy once, print a summary and exit "
+                             "(0 converged, 1 failures, 2 bad input reported)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --once: print what would change, write nothing")
+    parser.add_argument("--workers", type=_positive_int, default=4,
+                        help="NimbusPolicies reconciled at once (default 4)")
+    parser.add_argument("--namespace", dest="namespaces", action="append", type=_namespace,
+                        default=[], metavar="NAMESPACE",
+                        help="watch only this namespace; repeat for several (default: all)")
+    parser.add_argument("--resync-period", type=_duration, default=600.0, metavar="DURATION",
+                        help="reconcile every NimbusPolicy at least this often (default 10m)")
+    parser.add_argument("--metrics-bind-address", type=_bind_address, default=":8080",
+                        help="address for /metrics, or 0 to disable (default :8080)")
+    parser.add_argument("--health-probe-bind-address", type=_bind_address, default=":8081",
+                        help="address for /healthz and /readyz, or 0 to disable (default :8081)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default="info")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json")
+    commands = parser.add_subparsers(dest="command", metavar="{render}")
     render_cmd = commands.add_parser(
         "render", help="print the KubeArmorPolicies a NimbusPolicy file requires (no cluster)")
     render_cmd.add_argument("-f", "--filename", required=True,
@@ -22,8 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "render":
         return render.main(args.filename)
-    build_parser().print_help()
-    return 2
+    if args.dry_run and not args.once:
+        parser.error("--dry-run needs --once (the controller never runs dry)")
+    logs.setup(args.log_level, args.log_format)
+    options = RunOptions(
+        controller=ControllerConfig(namespaces=tuple(dict.fromkeys(args.namespaces)),
+                                    workers=args.workers, dry_run=args.dry_run,
+                                    resync_period=args.resync_period),
+        kubeconfig=args.kubeconfig,
+        metrics_bind_address=args.metrics_bind_address,
+        health_probe_bind_address=args.health_probe_bind_address,
+    )
+    if args.once:
+        return anyio.run(run_once, options)
+    return anyio.run(run_controller, options)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# controller-runtime exports no `*_created` series; neither do we.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # controller-runtime: prometheus.ExponentialBuckets(10e-9, 10, 12)
 WORKQUEUE_BUCKETS = tuple(1e-8 * 10**i for i in range(12))

@@ -16,6 +16,7 @@ class ProblemKind(enum.Enum):
     NAME_TOO_LONG = "NameTooLong"
     BAD_PARAM = "BadParam"
     DUPLICATE_INTENT = "DuplicateIntent"
+    NAME_TAKEN = "NameTaken"  # a policy name is held by an object this NimbusPolicy does not own
 
 
 @attrs.frozen

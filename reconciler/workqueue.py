@@ -104,12 +104,15 @@ class WorkQueue:
         heapq.heappush(self._heap, (ready_at, ticket, key, priority))
         self._wakeup.set()  # a waiting get() must wait for this earlier deadline instead
 
-    def add_rate_limited(self, key: str, priority: Priority = Priority.LIVE) -> None:
+    def add_rate_limited(self, key: str, priority: Priority = Priority.LIVE,
+                         at_least: float = 0.0) -> None:
+        """Add after the rate limiter's delay for `key`, or `at_least` if longer (a server's
+        Retry-After)."""
         if self._shutting_down:
             return
         if self._metrics is not None:
             self._metrics.retries.inc()
-        self.add_after(key, self._rate_limiter.when(key), priority)
+        self.add_after(key, max(self._rate_limiter.when(key), at_least), priority)
 
     def forget(self, key: str) -> None:
         self._rate_limiter.forget(key)
