@@ -256,8 +256,8 @@ class Controller:
             if await self._create(policy, outcome, was_listed=policy.name in listed):
                 existing.add(policy.name)
         for update in diff.update:
-            if await self._patch(update, outcome):
-                existing.add(update.desired.name)
+            await self._patch(update, outcome)
+            existing.add(update.desired.name)  # patched or not, it exists
         for obj in diff.delete:
             await self._delete(obj, outcome)
         await self._write_status(nimbus_policy, [p.name for p in desired if p.name in existing],
@@ -332,6 +332,7 @@ class Controller:
         return bool(diff.unchanged)
 
     async def _patch(self, update: PolicyUpdate, outcome: Outcome) -> bool:
+        """True when the policy is now as desired."""
         name = update.desired.name
         for field in update.fields:
             self.metrics.drift_corrections.labels(field).inc()

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 import kr8s
@@ -145,8 +146,19 @@ class KubeClient:
                                          timeout=timeout) as response:
 
                 async def events() -> AsyncIterator[Obj]:
+                    lines = response.aiter_lines().__aiter__()
                     with _as_api_errors():
-                        async for line in response.aiter_lines():
+                        while True:
+                            # httpx's read timeout covers a silent socket; this also covers a
+                            # stream that trickles bytes but no whole event.
+                            try:
+                                with anyio.fail_after(read_timeout):
+                                    line = await lines.__anext__()
+                            except StopAsyncIteration:
+                                return
+                            except TimeoutError as silent:
+                                raise ApiError(0, "Timeout", f"watch stream silent for "
+                                               f"{read_timeout:.0f}s") from silent
                             if line:
                                 yield json.loads(line)
 
