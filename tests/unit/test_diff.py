@@ -1,0 +1,168 @@
+"""The pure comparisons behind a reconcile."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+from reconciler.builder import desired_policies
+from reconciler.diff import (
+    diff_policies,
+    is_orphan,
+    needs_reconcile,
+    owner_key,
+    repair_patch,
+    status_patch,
+)
+from reconciler.model import KubeArmorPolicy, to_dict
+from reconciler.parse import parse_nimbus_policy
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def nimbus_policy(rules: list[str], status: dict[str, Any] | None = None,
+                  owner_kind: str = "SecurityIntentBinding") -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "NimbusPolicy",
+        "metadata": {"name": "np", "namespace": "ns", "uid": "u1", "generation": 1,
+                     "resourceVersion": "9",
+                     "ownerReferences": [{"apiVersion": "intent.security.nimbus.com/v1alpha1",
+                                          "kind": owner_kind, "name": "np", "uid": "b",
+                                          "controller": True}]},
+        "spec": {"selector": {"matchLabels": {"app": "x"}},
+                 "rules": [{"id": r, "rule": {"action": "Block"}} for r in rules]}}
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def desired(rules: list[str]) -> tuple[KubeArmorPolicy, ...]:
+    parsed, _ = parse_nimbus_policy(nimbus_policy(rules))
+    assert parsed is not None
+    return desired_policies(parsed)[0]
+
+
+def stored(policy: KubeArmorPolicy, rv: str = "3") -> dict[str, Any]:
+    obj = to_dict(policy)
+    obj["metadata"] |= {"uid": "k-" + policy.name, "resourceVersion": rv}
+    return obj
+
+
+def apply(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A small JSON-patch applier for the ops repair_patch emits (add/replace on paths)."""
+    result = copy.deepcopy(obj)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = result
+        for part in parts[:-1]:
+            target = target[part]
+        assert op["op"] in ("add", "replace")
+        target[parts[-1]] = op["value"]
+    return result
+
+
+def test_owner_key_and_orphans() -> None:
+    (policy,) = desired(["dnsManipulation"])
+    assert owner_key(to_dict(policy)) == "ns/np"
+    assert owner_key({"metadata": {"namespace": "ns", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "NimbusPolicy", "name": "x", "controller": True}]}}) is None
+    assert not is_orphan(nimbus_policy([]))
+    assert not is_orphan(nimbus_policy([], owner_kind="ClusterSecurityIntentBinding"))
+    assert is_orphan(nimbus_policy([], owner_kind="Deployment"))
+    orphan = nimbus_policy([])
+    del orphan["metadata"]["ownerReferences"]
+    assert is_orphan(orphan)
+
+
+def test_status_only_changes_need_no_reconcile() -> None:
+    old = nimbus_policy(["dnsManipulation"])
+    status_only = copy.deepcopy(old) | {"status": {"status": "Created"}}
+    status_only["metadata"]["resourceVersion"] = "10"
+    assert not needs_reconcile(old, status_only)
+    spec_change = copy.deepcopy(old)
+    spec_change["metadata"]["generation"] = 2
+    assert needs_reconcile(old, spec_change)
+    reowned = copy.deepcopy(old)
+    reowned["metadata"]["ownerReferences"] = []
+    assert needs_reconcile(old, reowned)
+
+
+def test_diff_create_update_delete_unchanged() -> None:
+    policies = desired(["escapeToHost", "dnsManipulation"])
+    by_name = {p.name: stored(p) for p in policies}
+    drifted = by_name["np-dnsmanipulation"]
+    drifted["spec"]["action"] = "Audit"
+    drifted["metadata"]["labels"] = {"other": "x"}
+    del by_name["np-escapetohost-disallowchroot"]
+    stale = stored(desired(["pkgMgrs"])[0])
+    owned = [*by_name.values(), stale]
+    diff = diff_policies(policies, owned, lambda name: None)
+    assert [p.name for p in diff.create] == ["np-escapetohost-disallowchroot"]
+    assert [(u.desired.name, u.fields) for u in diff.update] == [
+        ("np-dnsmanipulation", ("spec", "labels"))]
+    assert [d["metadata"]["name"] for d in diff.delete] == ["np-pkgmgrs"]
+    assert sorted(diff.unchanged) == ["np-escapetohost-disallowcapabilities",
+                                      "np-escapetohost-swdeploymenttools"]
+
+
+def test_repair_patch_restores_only_our_fields() -> None:
+    (policy,) = desired(["dnsManipulation"])
+    actual = stored(policy, rv="41")
+    actual["spec"] = {"action": "Audit", "syscalls": {"matchSyscalls": [{"syscall": ["ptrace"]}]}}
+    actual["metadata"]["labels"] = {"team": "a"}
+    actual["metadata"]["annotations"] = {"app.kubernetes.io/managed-by": "x", "note": "n"}
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "c1"}
+    ours = actual["metadata"]["ownerReferences"][0]
+    actual["metadata"]["ownerReferences"] = [other, {**ours, "blockOwnerDeletion": False}]
+    diff = diff_policies([policy], [], lambda name: actual)
+    (update,) = diff.update
+    assert update.fields == ("spec", "labels", "annotations", "owner")
+    ops = repair_patch(update)
+    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "41"}
+    repaired = apply(actual, ops)
+    want = to_dict(policy)
+    assert repaired["spec"] == want["spec"]
+    assert repaired["metadata"]["labels"] == {"team": "a", "app.kubernetes.io/managed-by": "nimbus-kubearmor"}
+    assert repaired["metadata"]["annotations"]["note"] == "n"
+    assert repaired["metadata"]["ownerReferences"] == want["metadata"]["ownerReferences"] + [other]
+
+
+def test_names_held_by_others_are_conflicts_not_takeovers() -> None:
+    (policy,) = desired(["dnsManipulation"])
+    someone_elses = stored(policy)
+    someone_elses["metadata"]["ownerReferences"][0] |= {"name": "other", "uid": "o"}
+    hand_made = stored(policy)
+    del hand_made["metadata"]["ownerReferences"]
+    hand_made["metadata"]["labels"] = {}
+    previous_incarnation = stored(policy)
+    previous_incarnation["metadata"]["ownerReferences"][0]["uid"] = "old"
+    for actual, transient in ((someone_elses, False), (hand_made, False),
+                              (previous_incarnation, True)):
+        diff = diff_policies([policy], [], lambda name, a=actual: a)  # type: ignore[misc]
+        assert diff.empty and len(diff.conflicts) == 1
+        assert diff.conflicts[0].transient is transient
+    # ours but unlabelled and without an owner (both edited away): adopted
+    adopted = stored(policy)
+    del adopted["metadata"]["ownerReferences"]
+    diff = diff_policies([policy], [], lambda name: adopted)
+    assert [u.fields for u in diff.update] == [("owner",)]
+
+
+def test_status_patch_merges_with_other_adapters_and_is_none_when_right() -> None:
+    np = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 2,
+                            "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]})
+    patch = status_patch(np, ["np-new", "np-b"], NOW)
+    assert patch == {"metadata": {"resourceVersion": "9"}, "status": {
+        "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-new", "KubeArmorPolicy/np-b"],
+        "numberOfAdapterPolicies": 3, "lastUpdated": "2026-01-02T03:04:05Z"}}
+    np["status"] |= patch["status"]
+    assert status_patch(np, ["np-b", "np-new"], NOW) is None  # order of ours is not churn
+    fresh = status_patch(nimbus_policy([]), [], NOW)
+    assert fresh is not None and fresh["status"] == {
+        "adapterPolicies": [], "numberOfAdapterPolicies": 0, "lastUpdated": "2026-01-02T03:04:05Z",
+        "status": "Created"}
+    drifted_count = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 5,
+                                       "adapterPolicies": ["KubeArmorPolicy/np-a"]})
+    fixed = status_patch(drifted_count, ["np-a"], NOW)
+    assert fixed is not None and fixed["status"]["numberOfAdapterPolicies"] == 1
