@@ -1,0 +1,23 @@
+"""`make demo` keeps working: it runs start to finish and shows the repairs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_demo_runs_start_to_finish() -> None:
+    result = subprocess.run([sys.executable, "-m", "tests.demo"], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert out.count("-> repaired in") == 2
+    assert "web-escapetohost-disallowcapabilities" in out and "UnknownIntent" in out
+    assert "reconciler exited 0" in out and out.rstrip().endswith("done.")
+    assert "Traceback" not in out + result.stderr
