@@ -12,6 +12,7 @@ import anyio
 from . import logs, render
 from .app import RunOptions, run_controller, run_once
 from .controller import ControllerConfig
+from .leaderelection import LeaderElectionConfig, default_namespace
 from .server import parse_bind_address
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -71,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address for /metrics, or 0 to disable (default :8080)")
     parser.add_argument("--health-probe-bind-address", type=_bind_address, default=":8081",
                         help="address for /healthz and /readyz, or 0 to disable (default :8081)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="reconcile only while holding a Lease, so replicas can stand by")
+    parser.add_argument("--leader-election-id", default="nimbus-kubearmor-leader",
+                        help="name of the Lease (default nimbus-kubearmor-leader)")
+    parser.add_argument("--leader-election-namespace", type=_namespace,
+                        help="namespace of the Lease (default: the pod's namespace)")
+    parser.add_argument("--leader-elect-lease-duration", type=_duration, default=15.0,
+                        metavar="DURATION", help="how long a Lease holds without renewal (15s)")
+    parser.add_argument("--leader-elect-renew-deadline", type=_duration, default=10.0,
+                        metavar="DURATION", help="the leader gives up if it cannot renew within "
+                        "this (10s)")
+    parser.add_argument("--leader-elect-retry-period", type=_duration, default=2.0,
+                        metavar="DURATION", help="time between tries to acquire or renew (2s)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
@@ -89,6 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         return render.main(args.filename)
     if args.dry_run and not args.once:
         parser.error("--dry-run needs --once (the controller never runs dry)")
+    leader_election = None
+    if args.leader_elect:
+        if args.once:
+            parser.error("--leader-elect does not go with --once")
+        namespace = args.leader_election_namespace or default_namespace()
+        if namespace is None:
+            parser.error("--leader-election-namespace is required outside a cluster "
+                         "(POD_NAMESPACE is not set)")
+        if not args.leader_elect_retry_period < args.leader_elect_renew_deadline \
+                < args.leader_elect_lease_duration:
+            parser.error("leader election needs retry period < renew deadline < lease duration")
+        leader_election = LeaderElectionConfig(
+            namespace=namespace, name=args.leader_election_id,
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period)
     logs.setup(args.log_level, args.log_format)
     options = RunOptions(
         controller=ControllerConfig(namespaces=tuple(dict.fromkeys(args.namespaces)),
@@ -97,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         kubeconfig=args.kubeconfig,
         metrics_bind_address=args.metrics_bind_address,
         health_probe_bind_address=args.health_probe_bind_address,
+        leader_election=leader_election,
     )
     if args.once:
         return anyio.run(run_once, options)

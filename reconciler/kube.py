@@ -36,6 +36,7 @@ NIMBUS_POLICIES = Resource(NIMBUS_GROUP, NIMBUS_VERSION, "nimbuspolicies", "Nimb
 KUBEARMOR_POLICIES = Resource(KUBEARMOR_GROUP, KUBEARMOR_VERSION, "kubearmorpolicies",
                               "KubeArmorPolicy")
 EVENTS = Resource("", "v1", "events", "Event")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 
 class ApiError(Exception):
@@ -131,14 +132,16 @@ class KubeClient:
 
     @contextlib.asynccontextmanager
     async def watch(self, resource: Resource, namespace: str | None, *, resource_version: str,
-                    timeout_seconds: int, read_timeout: float,
-                    label_selector: str | None = None) -> AsyncIterator[AsyncIterator[Obj]]:
+                    timeout_seconds: int, read_timeout: float, label_selector: str | None = None,
+                    field_selector: str | None = None) -> AsyncIterator[AsyncIterator[Obj]]:
         """The watch's events, one dict each. A stream silent for `read_timeout` seconds raises
         ApiError(0, "Timeout"); the server ends it cleanly after `timeout_seconds`."""
         params: dict[str, Any] = {"watch": "true", "resourceVersion": resource_version,
                                   "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
         with _as_api_errors():
             async with self.api.call_api("GET", version=resource.api_version, namespace=namespace,
@@ -184,6 +187,12 @@ class KubeClient:
                                    self._url(resource, name, subresource),
                                    content=json.dumps(patch), params={"fieldManager": field_manager},
                                    headers={"Content-Type": content_type})
+
+    async def replace(self, resource: Resource, namespace: str | None, name: str,
+                      body: Mapping[str, Any], field_manager: str) -> Obj:
+        """PUT: refused with 409 unless body's resourceVersion is the current one."""
+        return await self._request("PUT", resource, namespace, self._url(resource, name),
+                                   json=body, params={"fieldManager": field_manager})
 
     async def delete(self, resource: Resource, namespace: str | None, name: str,
                      uid: str | None = None) -> None:

@@ -358,6 +358,22 @@ class LocalControlPlane:
                     response = client.put(f"{base}/{kind}/{name}", json=body)
                 response.raise_for_status()
 
+    def grant_in_namespace(self, user: str, namespace: str, rules: list[dict[str, Any]]) -> None:
+        """Bind `user` to a Role in `namespace` holding exactly `rules`."""
+        name = f"test:{user}"
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": name, "namespace": namespace}, "rules": rules}
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": name, "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": name},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                 "name": user}]}
+        base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        with self.client() as client:
+            for kind, body in (("roles", role), ("rolebindings", binding)):
+                client.post(f"{base}/{kind}", json=body).raise_for_status()
+
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit_log.exists():
             return []
