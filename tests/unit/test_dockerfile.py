@@ -10,7 +10,6 @@ import sys
 import venv
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 
