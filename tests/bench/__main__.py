@@ -11,17 +11,21 @@ import os
 import platform
 from pathlib import Path
 
-from . import queue_bench
+from . import controller_bench, queue_bench
 
 RESULTS = Path(__file__).parent / "results.json"
-SUITES = {"queue": queue_bench.run}
+SUITES = {"queue": queue_bench.run, "controller": controller_bench.run}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
-    parser.add_argument("suites", nargs="*", choices=[*SUITES, []], default=list(SUITES))
+    parser.add_argument("suites", nargs="*", default=list(SUITES),
+                        help=f"which to run: {', '.join(SUITES)} (default: all)")
     args = parser.parse_args()
+    unknown = set(args.suites) - set(SUITES)
+    if unknown:
+        parser.error(f"unknown suite {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                              f"Python {platform.python_version()}"}
     for suite in args.suites:

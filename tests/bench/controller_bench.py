@@ -1,0 +1,323 @@
+"""The controller on the local control plane, against baselines measured in the same run.
+
+- convergence: N NimbusPolicies (swDeploymentTools, dnsManipulation, escapeToHost: 5 policies
+  each) exist before the reconciler starts; time until every status is written (a status is
+  written after its policies exist). The floor is a plain client, same library (kr8s, httpx),
+  same concurrency (4), making exactly the necessary writes (5 creates and 1 status patch per
+  NimbusPolicy) into a namespace the reconciler does not watch.
+- steady_state_writes: write requests by the reconciler's identity in the API server's audit log
+  during a full resync and a restart after convergence.
+- api_requests_per_reconcile: every request by that identity during the resync, per reconcile.
+- create / drift latency: NimbusPolicy created -> its 5 policies exist, and a policy edited by
+  hand -> reverted, seen through a watch, while 20 NimbusPolicy changes a second churn.
+- rss_mb: the reconciler process's resident memory after convergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kr8s.asyncio
+import yaml
+
+from reconciler.builder import desired_policies
+from reconciler.kube import KUBEARMOR_POLICIES, MERGE_PATCH, NIMBUS_POLICIES, KubeClient
+from reconciler.model import to_dict
+from reconciler.parse import parse_nimbus_policy
+from tests.controlplane.assets import build
+from tests.controlplane.launcher import LocalControlPlane, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+USER = "nimbus-kubearmor-bench"
+RULES = [{"id": i, "rule": {"action": "Block"}}
+         for i in ("swDeploymentTools", "dnsManipulation", "escapeToHost")]
+POLICIES_PER_NP = 5
+GROUP = "/apis/intent.security.nimbus.com/v1alpha1"
+WORKERS = 4
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Bench:
+    def __init__(self, cp: LocalControlPlane, scale: int, samples: int) -> None:
+        self.cp = cp
+        self.scale = scale
+        self.samples = samples
+        self.api = cp.async_client(timeout=60)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    async def namespace_with_policies(self, namespace: str, count: int) -> list[dict[str, Any]]:
+        (await self.api.post("/api/v1/namespaces", json={"metadata": {"name": namespace}})
+         ).raise_for_status()
+        binding = (await self.api.post(f"{GROUP}/namespaces/{namespace}/securityintentbindings", json={
+            "apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "SecurityIntentBinding",
+            "metadata": {"name": "bench"}, "spec": {"intents": [{"name": "x"}], "selector": {}}}))
+        binding.raise_for_status()
+        owner = binding.json()
+        limit = asyncio.Semaphore(16)
+
+        async def one(i: int) -> dict[str, Any]:
+            async with limit:
+                return await self.create_nimbus_policy(namespace, f"np-{i:05d}", owner)
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+    async def create_nimbus_policy(self, namespace: str, name: str,
+                                   owner: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "NimbusPolicy",
+                "metadata": {"name": name, "ownerReferences": [{
+                    "apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                    "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                    "controller": True}]},
+                "spec": {"selector": {"matchLabels": {"app": name}}, "rules": RULES}}
+        response = await self.api.post(f"{GROUP}/namespaces/{namespace}/nimbuspolicies", json=body)
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    # --- the floor ------------------------------------------------------------------------------
+
+    async def floor(self, nimbus_policies: list[dict[str, Any]]) -> float:
+        api = await kr8s.asyncio.api(kubeconfig=str(self.kubeconfig))
+        client = KubeClient(api)
+        work: list[tuple[str, Any]] = []
+        for obj in nimbus_policies:
+            parsed, _ = parse_nimbus_policy(obj)
+            assert parsed is not None
+            policies, _ = desired_policies(parsed)
+            work += [("create", to_dict(p)) for p in policies]
+            work.append(("status", (obj, [p.name for p in policies])))
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        for item in work:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            while not queue.empty():
+                verb, item = queue.get_nowait()
+                if verb == "create":
+                    await client.create(KUBEARMOR_POLICIES, item["metadata"]["namespace"], item,
+                                        "floor")
+                else:
+                    obj, names = item
+                    entries = [f"KubeArmorPolicy/{n}" for n in names]
+                    await client.patch(NIMBUS_POLICIES, obj["metadata"]["namespace"],
+                                       obj["metadata"]["name"], {"status": {
+                                           "status": "Created", "adapterPolicies": entries,
+                                           "numberOfAdapterPolicies": len(entries)}},
+                                       MERGE_PATCH, "floor", subresource="status")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(WORKERS)))
+        return time.perf_counter() - started
+
+    # --- the reconciler -------------------------------------------------------------------------
+
+    def start_reconciler(self, namespace: str) -> None:
+        self.metrics_port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--kubeconfig", str(self.kubeconfig),
+             "--namespace", namespace, "--workers", str(WORKERS), "--resync-period", "20s",
+             "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
+             "--health-probe-bind-address", "0", "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop_reconciler(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+    async def metric(self, name: str) -> float:
+        try:
+            text = (await self.api.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+        except httpx.TransportError:
+            return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name))
+
+    async def until(self, condition: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+        deadline = time.monotonic() + timeout
+        while not await condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"benchmark: timed out waiting for {what}")
+            await asyncio.sleep(interval)
+
+    async def statuses_written(self, namespace: str, count: int) -> float:
+        """Watch NimbusPolicies until `count` have their status written; seconds it took."""
+        started = time.perf_counter()
+        done: set[str] = set()
+        listed = (await self.api.get(f"{GROUP}/namespaces/{namespace}/nimbuspolicies")).json()
+        for item in listed["items"]:
+            if (item.get("status") or {}).get("numberOfAdapterPolicies") == POLICIES_PER_NP:
+                done.add(item["metadata"]["name"])
+        if len(done) >= count:
+            return time.perf_counter() - started
+        async with self.api.stream("GET", f"{GROUP}/namespaces/{namespace}/nimbuspolicies", params={
+                "watch": "true", "resourceVersion": listed["metadata"]["resourceVersion"]},
+                timeout=httpx.Timeout(600)) as stream:
+            async for line in stream.aiter_lines():
+                event = json.loads(line)["object"]
+                if (event.get("status") or {}).get("numberOfAdapterPolicies") == POLICIES_PER_NP:
+                    done.add(event["metadata"]["name"])
+                    if len(done) >= count:
+                        break
+        return time.perf_counter() - started
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def writes_since(self, mark: int) -> tuple[int, int]:
+        events = [e for e in self.cp.audit_events()[mark:] if e["user"]["username"] == USER]
+        writes = [e for e in events if e["verb"] in ("create", "update", "patch", "delete")]
+        return len(writes), len(events)
+
+    # --- latency under churn --------------------------------------------------------------------
+
+    async def latencies(self, namespace: str, owner: dict[str, Any], existing: list[str]) -> dict[str, float]:
+        url = f"/apis/security.kubearmor.com/v1/namespaces/{namespace}/kubearmorpolicies"
+        listed = (await self.api.get(url, params={"limit": 1})).json()
+        added: dict[str, list[float]] = {}
+        reverted: dict[str, float] = {}
+        watching = asyncio.Event()
+
+        async def watch() -> None:
+            async with self.api.stream("GET", url, params={
+                    "watch": "true", "resourceVersion": listed["metadata"]["resourceVersion"]},
+                    timeout=httpx.Timeout(600)) as stream:
+                watching.set()
+                async for line in stream.aiter_lines():
+                    now = time.perf_counter()
+                    event = json.loads(line)
+                    obj = event["object"]
+                    name = obj["metadata"]["name"]
+                    if event["type"] == "ADDED":
+                        owner_name = obj["metadata"]["ownerReferences"][0]["name"]
+                        added.setdefault(owner_name, []).append(now)
+                    elif event["type"] == "MODIFIED" and obj["spec"].get("action") == "Block":
+                        reverted.setdefault(name, now)
+
+        async def churn(stop: asyncio.Event) -> None:
+            n = 0
+            while not stop.is_set():
+                name = random.choice(existing)
+                n += 1
+                rules = [dict(r, description=f"churn {n}") for r in RULES]
+                await self.api.patch(f"{GROUP}/namespaces/{namespace}/nimbuspolicies/{name}",
+                                     content=json.dumps({"spec": {"rules": rules}}),
+                                     headers={"Content-Type": "application/merge-patch+json"})
+                await asyncio.sleep(0.05)  # 20 changes a second
+
+        watcher = asyncio.create_task(watch())
+        await watching.wait()
+        stop = asyncio.Event()
+        churner = asyncio.create_task(churn(stop))
+        created: dict[str, float] = {}
+        for i in range(self.samples):
+            name = f"late-{i:04d}"
+            created[name] = time.perf_counter()
+            await self.create_nimbus_policy(namespace, name, owner)
+            await asyncio.sleep(0.1)
+        await self.until(lambda: _all(added, created), 60, "the late NimbusPolicies' policies")
+        edited: dict[str, float] = {}
+        for i in range(self.samples):
+            name = f"late-{i:04d}-dnsmanipulation"
+            edited[name] = time.perf_counter()
+            response = await self.api.patch(f"{url}/{name}", content=json.dumps(
+                {"spec": {"action": "Audit"}}), headers={"Content-Type": "application/merge-patch+json"})
+            response.raise_for_status()
+            await asyncio.sleep(0.1)
+        await self.until(lambda: _reverted(reverted, edited), 60, "the edits to be reverted")
+        stop.set()
+        await churner
+        watcher.cancel()
+        create = [(max(added[n][:POLICIES_PER_NP]) - t) * 1000 for n, t in created.items()]
+        drift = [(reverted[n] - t) * 1000 for n, t in edited.items()]
+        return {"create_latency_p50_ms": percentile(create, 0.5),
+                "create_latency_p99_ms": percentile(create, 0.99),
+                "drift_latency_p50_ms": percentile(drift, 0.5),
+                "drift_latency_p99_ms": percentile(drift, 0.99),
+                "latency_samples": len(create)}
+
+
+async def _all(added: dict[str, list[float]], created: dict[str, float]) -> bool:
+    return all(len(added.get(n, [])) >= POLICIES_PER_NP for n in created)
+
+
+async def _reverted(reverted: dict[str, float], edited: dict[str, float]) -> bool:
+    return all(n in reverted for n in edited)
+
+
+async def measure(cp: LocalControlPlane, scale: int, samples: int) -> dict[str, float]:
+    bench = Bench(cp, scale, samples)
+    role = yaml.safe_load((REPO / "config/rbac/role.yaml").read_text())
+    cp.grant(USER, role["rules"] + [{"apiGroups": ["intent.security.nimbus.com"],
+                                     "resources": ["securityintentbindings"], "verbs": ["get"]}])
+    bench.kubeconfig = cp.identity_kubeconfig(USER)
+    results: dict[str, float] = {"scale": scale}
+    print(f"   setting up {scale} NimbusPolicies in each of two namespaces", flush=True)
+    floor_policies = await bench.namespace_with_policies("floor", scale)
+    await bench.namespace_with_policies("bench", scale)
+    results["floor_s"] = await bench.floor(floor_policies)
+    print(f"   floor: {results['floor_s']:.2f}s", flush=True)
+
+    started = time.perf_counter()
+    bench.start_reconciler("bench")
+    await bench.statuses_written("bench", scale)
+    results["convergence_s"] = time.perf_counter() - started
+    results["convergence_ratio"] = results["convergence_s"] / results["floor_s"]
+    print(f"   convergence: {results['convergence_s']:.2f}s", flush=True)
+    await asyncio.sleep(1)  # let the last watch events settle before measuring memory
+    results["rss_mb"] = bench.rss_mb()
+
+    mark = len(cp.audit_events())
+    reconciles = await bench.metric("controller_runtime_reconcile_total")
+    await bench.until(lambda: _more(bench, reconciles + scale), 60, "a full resync", interval=0.5)
+    writes, requests = bench.writes_since(mark)
+    results["api_requests_per_reconcile"] = requests / scale
+    bench.stop_reconciler()
+    bench.start_reconciler("bench")
+    await bench.until(lambda: _more(bench, scale), 120, "the reconciles after a restart", interval=0.5)
+    restart_writes, _ = bench.writes_since(mark)
+    results["steady_state_writes"] = restart_writes
+    print(f"   steady state: {restart_writes} writes ({writes} during the resync)", flush=True)
+
+    owner = (await bench.api.get(f"{GROUP}/namespaces/bench/securityintentbindings/bench")).json()
+    existing = [f"np-{i:05d}" for i in range(scale)]
+    results |= await bench.latencies("bench", owner, existing)
+    bench.stop_reconciler()
+    await bench.api.aclose()
+    return results
+
+
+async def _more(bench: Bench, n: float) -> bool:
+    return await bench.metric("controller_runtime_reconcile_total") >= n
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    scale = int(os.environ.get("BENCH_SCALE", "100" if quick else "1000"))
+    samples = 20 if quick else 100
+    with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
+        return asyncio.run(measure(cp, scale, samples))
+
+
+if __name__ == "__main__":
+    print(run(quick="--quick" in sys.argv))
