@@ -12,16 +12,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskStatus
 
 from .builder import desired_policies
 from .clock import Clock, MonotonicClock
 from .diff import (
+    Fingerprint,
     PolicyDiff,
     PolicyUpdate,
     controller_of,
     diff_policies,
+    fingerprint,
     is_orphan,
     needs_reconcile,
     owner_key,
@@ -59,6 +62,16 @@ class ControllerConfig:
     resync_period: float = 600.0  # every NimbusPolicy is reconciled at least this often
     watch_read_timeout: float = 90.0
     watch_timeout: tuple[int, int] = (300, 600)
+
+
+@attrs.frozen
+class Desired:
+    """The policies a NimbusPolicy requires, the problems found in it, and the fingerprint of
+    each policy (their JSON is rendered only to be written)."""
+
+    policies: tuple[KubeArmorPolicy, ...]
+    problems: tuple[Problem, ...]
+    fingerprints: dict[str, Fingerprint]
 
 
 @attrs.define
@@ -112,6 +125,10 @@ class Controller:
         self._gauges = (metrics.max_concurrent_reconciles.labels(CONTROLLER),
                         metrics.active_workers.labels(CONTROLLER))
         self._stopping = False  # set by shutdown(): workers take no new keys
+        # What each NimbusPolicy requires, by key, for the (uid, generation) it was built from:
+        # the builder's input is the spec, name, namespace and uid, so a resync or an event
+        # about its policies reuses it rather than building and rendering it again.
+        self._desired: dict[str, tuple[tuple[str, int], Desired]] = {}
 
     # --- event handlers: they only say which key to look at --------------------------------------
 
@@ -124,6 +141,7 @@ class Controller:
         key = object_key(obj)
         if change is Change.DELETED:
             self.reporter.forget(key)
+            self._desired.pop(key, None)
         self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
 
     def on_kubearmor_policy(self, change: Change, old: Obj | None, new: Obj | None,
@@ -186,6 +204,9 @@ class Controller:
                 await self.process(key)
             finally:
                 self.queue.done(key)
+            # An up-to-date NimbusPolicy is reconciled without awaiting anything; yield so a
+            # resync's backlog never holds up the watches (and the live keys they bring).
+            await anyio.lowlevel.checkpoint()
 
     async def process(self, key: str) -> Outcome:
         """One reconcile with its bookkeeping: metrics, and a retry with backoff on failure."""
@@ -233,17 +254,14 @@ class Controller:
             outcome.skipped = "orphan: not controlled by a (Cluster)SecurityIntentBinding"
             return outcome
 
-        parsed, parse_problems = parse_nimbus_policy(nimbus_policy)
-        problems = list(parse_problems)
-        desired: tuple[KubeArmorPolicy, ...] = ()
-        if parsed is not None:
-            desired, build_problems = desired_policies(parsed)
-            problems += build_problems
+        wanted = self._desired_for(key, nimbus_policy)
+        desired, problems = wanted.policies, list(wanted.problems)
         owned = [obj for obj in self.kubearmor_policies.by_index(key)
                  if (controller_of(obj) or {}).get("uid") == metadata["uid"]]
         namespace = metadata["namespace"]
         diff = diff_policies(desired, owned,
-                             lambda name: self.kubearmor_policies.get(f"{namespace}/{name}"))
+                             lambda name: self.kubearmor_policies.get(f"{namespace}/{name}"),
+                             wanted.fingerprints)
         problems += self._conflict_problems(key, diff, outcome)
         outcome.problems = list(problems)
         await self._report(nimbus_policy, outcome)
@@ -263,6 +281,21 @@ class Controller:
         await self._write_status(nimbus_policy, [p.name for p in desired if p.name in existing],
                                  outcome)
         return outcome
+
+    def _desired_for(self, key: str, nimbus_policy: Obj) -> Desired:
+        metadata = nimbus_policy["metadata"]
+        version = (metadata["uid"], int(metadata.get("generation") or 0))
+        cached = self._desired.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        parsed, problems = parse_nimbus_policy(nimbus_policy)
+        policies: tuple[KubeArmorPolicy, ...] = ()
+        if parsed is not None:
+            policies, build_problems = desired_policies(parsed)
+            problems += build_problems
+        desired = Desired(policies, problems, {p.name: fingerprint(p) for p in policies})
+        self._desired[key] = (version, desired)
+        return desired
 
     # --- the writes ------------------------------------------------------------------------------
 

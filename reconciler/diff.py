@@ -4,7 +4,9 @@ policies to create, patch or delete, the patch that repairs a drifted one, and t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -79,24 +81,45 @@ class PolicyDiff:
         return not (self.create or self.update or self.delete)
 
 
-def drifted_fields(desired: Obj, actual: Obj) -> tuple[str, ...]:
+@attrs.frozen
+class Fingerprint:
+    """What drift is judged against, small enough to keep for every desired policy: a digest
+    of its spec and its controller reference (labels and annotations are the same for all)."""
+
+    spec_digest: bytes
+    owner: Obj
+
+
+def spec_digest(spec: Any) -> bytes:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+def fingerprint(policy: KubeArmorPolicy) -> Fingerprint:
+    rendered = to_dict(policy)
+    return Fingerprint(spec_digest(rendered["spec"]), rendered["metadata"]["ownerReferences"][0])
+
+
+def drifted_fields(wanted: Fingerprint, actual: Obj) -> tuple[str, ...]:
     metadata = actual.get("metadata", {})
     fields = []
-    if actual.get("spec") != desired["spec"]:
+    if spec_digest(actual.get("spec")) != wanted.spec_digest:
         fields.append("spec")
     if (metadata.get("labels") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
         fields.append("labels")
     if (metadata.get("annotations") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
         fields.append("annotations")
-    if controller_of(actual) != desired["metadata"]["ownerReferences"][0]:
+    if controller_of(actual) != wanted.owner:
         fields.append("owner")
     return tuple(fields)
 
 
 def diff_policies(desired: Sequence[KubeArmorPolicy], owned: Sequence[Obj],
-                  existing: Callable[[str], Obj | None]) -> PolicyDiff:
+                  existing: Callable[[str], Obj | None],
+                  fingerprints: Mapping[str, Fingerprint] | None = None) -> PolicyDiff:
     """`owned`: the policies whose controller is this NimbusPolicy (this incarnation);
-    `existing(name)`: any policy of that name in the namespace, owned or not."""
+    `existing(name)`: any policy of that name in the namespace, owned or not; `fingerprints`:
+    those of the desired policies by name, when the caller has them already."""
     remaining = {obj["metadata"]["name"]: obj for obj in owned}
     create, update, unchanged, conflicts = [], [], [], []
     for policy in desired:
@@ -104,8 +127,8 @@ def diff_policies(desired: Sequence[KubeArmorPolicy], owned: Sequence[Obj],
         if actual is None:
             create.append(policy)
             continue
-        wanted = to_dict(policy)
-        ours = wanted["metadata"]["ownerReferences"][0]
+        wanted = fingerprints[policy.name] if fingerprints is not None else fingerprint(policy)
+        ours = wanted.owner
         holder = controller_of(actual)
         if holder is not None and holder != ours and not _same_owner(holder, ours):
             transient = holder.get("kind") == ours["kind"] and holder.get("name") == ours["name"]

@@ -99,22 +99,33 @@ def _deny_paths(paths: tuple[str, ...]) -> ProcessRules:
     return ProcessRules(match_paths=tuple(MatchPath(path=p) for p in paths))
 
 
+# Bodies that do not depend on the rule are built once: they are values.
+_SOFTWARE_DEPLOYMENT_TOOLS = KubeArmorPolicySpec(process=_deny_paths(SOFTWARE_DEPLOYMENT_TOOLS))
+_SERVICE_ACCOUNT_TOKEN = KubeArmorPolicySpec(file=FileRules(match_directories=(
+    MatchDirectory(dir="/run/secrets/kubernetes.io/serviceaccount/", recursive=True),)))
+_DNS_MANIPULATION = KubeArmorPolicySpec(file=FileRules(match_paths=(
+    MatchPath(path="/etc/resolv.conf", read_only=True),)))
+_DISALLOW_CHROOT = KubeArmorPolicySpec(process=_deny_paths(("/usr/sbin/chroot", "/sbin/chroot")))
+_TEMP_OR_LOG_EXECUTION = KubeArmorPolicySpec(process=ProcessRules(
+    match_directories=tuple(MatchDirectory(dir=d, recursive=True) for d in TEMP_AND_LOG_DIRECTORIES),
+    action="Block"))
+_PACKAGE_MANAGER_PATHS = _deny_paths(PACKAGE_MANAGERS).match_paths
+
+
 def software_deployment_tools(_: RuleInput) -> KubeArmorPolicySpec:
-    return KubeArmorPolicySpec(process=_deny_paths(SOFTWARE_DEPLOYMENT_TOOLS))
+    return _SOFTWARE_DEPLOYMENT_TOOLS
 
 
 def service_account_token(_: RuleInput) -> KubeArmorPolicySpec:
-    token_dir = MatchDirectory(dir="/run/secrets/kubernetes.io/serviceaccount/", recursive=True)
-    return KubeArmorPolicySpec(file=FileRules(match_directories=(token_dir,)))
+    return _SERVICE_ACCOUNT_TOKEN
 
 
 def dns_manipulation(_: RuleInput) -> KubeArmorPolicySpec:
-    resolv = MatchPath(path="/etc/resolv.conf", read_only=True)
-    return KubeArmorPolicySpec(file=FileRules(match_paths=(resolv,)))
+    return _DNS_MANIPULATION
 
 
 def disallow_chroot(_: RuleInput) -> KubeArmorPolicySpec:
-    return KubeArmorPolicySpec(process=_deny_paths(("/usr/sbin/chroot", "/sbin/chroot")))
+    return _DISALLOW_CHROOT
 
 
 def disallow_capabilities(rule: RuleInput) -> KubeArmorPolicySpec | None:
@@ -126,13 +137,11 @@ def disallow_capabilities(rule: RuleInput) -> KubeArmorPolicySpec | None:
 
 
 def temp_or_log_execution(_: RuleInput) -> KubeArmorPolicySpec:
-    directories = tuple(MatchDirectory(dir=d, recursive=True) for d in TEMP_AND_LOG_DIRECTORIES)
-    return KubeArmorPolicySpec(process=ProcessRules(match_directories=directories, action="Block"))
+    return _TEMP_OR_LOG_EXECUTION
 
 
 def package_managers(rule: RuleInput) -> KubeArmorPolicySpec:
-    process = ProcessRules(match_paths=_deny_paths(PACKAGE_MANAGERS).match_paths, severity=5,
-                           action=rule.action)
+    process = ProcessRules(match_paths=_PACKAGE_MANAGER_PATHS, severity=5, action=rule.action)
     return KubeArmorPolicySpec(process=process, tags=PACKAGE_MANAGER_TAGS,
                                message=PACKAGE_MANAGER_MESSAGE)
 
