@@ -20,6 +20,7 @@ SUITES = {"queue": queue_bench.run, "controller": controller_bench.run}
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("suites", nargs="*", default=list(SUITES),
                         help=f"which to run: {', '.join(SUITES)} (default: all)")
     args = parser.parse_args()
@@ -34,8 +35,8 @@ def main() -> int:
         for name, value in figures.items():
             print(f"   {name:<40} {value:>14,.2f}")
         results.update(figures)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
     return 0
 
 

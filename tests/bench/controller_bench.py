@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -190,6 +189,25 @@ class Bench:
         writes = [e for e in events if e["verb"] in ("create", "update", "patch", "delete")]
         return len(writes), len(events)
 
+    async def floor_writes(self, obj: dict[str, Any]) -> float:
+        """Milliseconds a plain client takes for one NimbusPolicy's writes, one after another."""
+        parsed, _ = parse_nimbus_policy(obj)
+        assert parsed is not None
+        policies, _ = desired_policies(parsed)
+        started = time.perf_counter()
+        namespace = obj["metadata"]["namespace"]
+        url = f"/apis/security.kubearmor.com/v1/namespaces/{namespace}/kubearmorpolicies"
+        for policy in policies:
+            (await self.api.post(url, json=to_dict(policy))).raise_for_status()
+        entries = [f"KubeArmorPolicy/{p.name}" for p in policies]
+        (await self.api.patch(f"{GROUP}/namespaces/{namespace}/nimbuspolicies/"
+                              f"{obj['metadata']['name']}/status", content=json.dumps({"status": {
+                                  "status": "Created", "adapterPolicies": entries,
+                                  "numberOfAdapterPolicies": len(entries)}}),
+                              headers={"Content-Type": "application/merge-patch+json"})
+         ).raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
     # --- latency under churn --------------------------------------------------------------------
 
     async def latencies(self, namespace: str, owner: dict[str, Any], existing: list[str]) -> dict[str, float]:
@@ -237,6 +255,14 @@ class Bench:
             await self.create_nimbus_policy(namespace, name, owner)
             await asyncio.sleep(0.1)
         await self.until(lambda: _all(added, created), 60, "the late NimbusPolicies' policies")
+        # the floor under the same churn: a plain client making the same writes in order
+        floor_owner = (await self.api.get(
+            f"{GROUP}/namespaces/floor/securityintentbindings/bench")).json()
+        floor_latency = []
+        for i in range(self.samples):
+            obj = await self.create_nimbus_policy("floor", f"late-{i:04d}", floor_owner)
+            floor_latency.append(await self.floor_writes(obj))
+            await asyncio.sleep(0.1)
         edited: dict[str, float] = {}
         for i in range(self.samples):
             name = f"late-{i:04d}-dnsmanipulation"
@@ -253,6 +279,8 @@ class Bench:
         drift = [(reverted[n] - t) * 1000 for n, t in edited.items()]
         return {"create_latency_p50_ms": percentile(create, 0.5),
                 "create_latency_p99_ms": percentile(create, 0.99),
+                "create_latency_floor_p50_ms": percentile(floor_latency, 0.5),
+                "create_latency_floor_p99_ms": percentile(floor_latency, 0.99),
                 "drift_latency_p50_ms": percentile(drift, 0.5),
                 "drift_latency_p99_ms": percentile(drift, 0.99),
                 "latency_samples": len(create)}
