@@ -1,7 +1,9 @@
 """Keeps a Store equal to one resource type in one namespace scope, as client-go's reflector:
 paginated LIST, then WATCH from the list's resourceVersion with bookmarks and a server timeout.
-BOOKMARK only moves the resourceVersion; 410 Gone relists; anything else backs off (jittered,
-doubling) and relists. A stream silent for longer than the bookmark period is treated as dead."""
+BOOKMARK only moves the resourceVersion; 410 Gone relists. A failed connection, a 429/5xx or a
+stream silent for longer than the bookmark period backs off (jittered, doubling) and watches
+again from the last resourceVersion (the server answers 410 if it is gone), so a blip costs no
+LIST of everything; any other error backs off and relists."""
 
 from __future__ import annotations
 
@@ -65,34 +67,47 @@ class Reflector:
         self.watching = False  # a watch stream is open and healthy
         self.lists = 0
         self._label = resource.plural
+        self._resource_version = ""  # the last resourceVersion seen: where a watch resumes
 
     @property
     def scope(self) -> str:
         return self.namespace or "all namespaces"
 
     async def run(self) -> None:
+        resource_version: str | None = None  # None: the next step is a full LIST
         last_gone: float | None = None
         while True:
             try:
-                resource_version = await self._list()
-                await self._watch(resource_version)
+                if resource_version is None:
+                    resource_version = await self._list()
+                self._resource_version = resource_version
+                await self._watch()
             except Exception as failure:
                 self.watching = False
                 error = api_error(failure) or ApiError(0, type(failure).__name__, str(failure))
                 reason = "gone" if error.gone else (str(error.status) if error.status else error.reason)
                 self.metrics.watch_restarts.labels(self._label, reason).inc()
                 now = self.clock.now()
-                # An expired resourceVersion relists at once; expiring again straight after a
-                # relist would be a hot loop, so that waits like any other failure.
-                if error.gone and (last_gone is None or now - last_gone > 1.0):
-                    last_gone = now
-                    log.info("watch expired, relisting", extra={"resource": self._label,
-                                                               "scope": self.scope})
-                    continue
+                if error.gone:
+                    resource_version = None
+                    # Expired: relist at once; expiring again straight after a relist would be
+                    # a hot loop, so that waits like any other failure.
+                    if last_gone is None or now - last_gone > 1.0:
+                        last_gone = now
+                        log.info("watch expired, relisting", extra={"resource": self._label,
+                                                                   "scope": self.scope})
+                        continue
+                elif error.status == 0 or error.status == 429 or error.status >= 500:
+                    # The connection, not our position, failed (refused, reset, silent, server
+                    # busy): watch again from where we were; the server says 410 if that is gone.
+                    resource_version = self._resource_version
+                else:
+                    resource_version = None
                 delay = self.backoff.next_delay()
                 log.warning("list/watch failed, retrying", exc_info=api_error(failure) is None,
                             extra={"resource": self._label, "scope": self.scope,
-                                   "error": str(error), "retry_in_s": round(delay, 2)})
+                                   "error": str(error), "retry_in_s": round(delay, 2),
+                                   "relist": resource_version is None})
                 await anyio.sleep(delay)
 
     async def list_once(self) -> str:
@@ -121,17 +136,18 @@ class Reflector:
         self.synced.set()
         return str(page["metadata"]["resourceVersion"])
 
-    async def _watch(self, resource_version: str) -> None:
-        """Watch until the server says the resourceVersion is gone (ApiError 410) or fails."""
+    async def _watch(self) -> None:
+        """Watch from self._resource_version, keeping it current, until the server says it is
+        gone (ApiError 410) or the stream fails."""
         while True:
             timeout = random.randint(*self.watch_timeout)
             async with self.client.watch(self.resource, self.namespace,
-                                         resource_version=resource_version,
+                                         resource_version=self._resource_version,
                                          timeout_seconds=timeout, read_timeout=self.read_timeout,
                                          label_selector=self.label_selector) as events:
                 self.watching = True
                 async for event in events:
-                    resource_version = self._apply(event, resource_version)
+                    self._resource_version = self._apply(event, self._resource_version)
             # the server closed the stream after timeoutSeconds: watch again from where we are
             self.metrics.watch_restarts.labels(self._label, "timeout").inc()
 

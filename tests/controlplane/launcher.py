@@ -175,10 +175,25 @@ class LocalControlPlane:
         self._spawn("kube-apiserver", self._apiserver_args(self.apiserver_port))
         self.wait_ready()
 
-    def stop_apiserver(self, grace: float = 3) -> None:
+    def start_second_apiserver(self) -> int:
+        """Another kube-apiserver on the same etcd (as in an HA control plane), with its own
+        port and audit log; returns its port. Stop it with stop_apiserver("kube-apiserver-2")."""
+        port = free_port()
+        args = [a if not a.startswith("--audit-log-path=") else
+                f"--audit-log-path={self.workdir / 'audit-2.log'}"
+                for a in self._apiserver_args(port)]
+        self._spawn("kube-apiserver-2", args, binary="kube-apiserver")
+        wait_for(lambda: self._ready_at(port), 90, "the second kube-apiserver /readyz")
+        return port
+
+    def _ready_at(self, port: int) -> bool:
+        with self.client(timeout=2, port=port) as client:
+            return client.get("/readyz").status_code == 200
+
+    def stop_apiserver(self, grace: float = 3, name: str = "kube-apiserver") -> None:
         """SIGTERM, then SIGKILL after `grace` s: it can hang ~10 s in its HTTP server's
         shutdown once clients have used it, which nothing here needs to wait for."""
-        self._terminate("kube-apiserver", grace)
+        self._terminate(name, grace)
 
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:
@@ -189,10 +204,10 @@ class LocalControlPlane:
 
     # --- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], binary: str | None = None) -> None:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         self.processes[name] = subprocess.Popen(
-            [str(self.assets.binary(name)), *args], stdout=log, stderr=subprocess.STDOUT,
+            [str(self.assets.binary(binary or name)), *args], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=_die_with_parent,
         )
         log.close()
@@ -284,9 +299,13 @@ class LocalControlPlane:
 
     # --- clients and helpers --------------------------------------------------------------------
 
-    def client(self, timeout: float = 30) -> httpx.Client:
-        """A synchronous admin client, for test set-up and assertions."""
-        return self._client(self.admin_cert, self.admin_key, timeout)
+    def client(self, timeout: float = 30, port: int | None = None) -> httpx.Client:
+        """A synchronous admin client, for test set-up and assertions (`port`: another
+        kube-apiserver of this control plane)."""
+        client = self._client(self.admin_cert, self.admin_key, timeout)
+        if port is not None:
+            client.base_url = httpx.URL(f"https://127.0.0.1:{port}")
+        return client
 
     def async_client(self, timeout: float = 30) -> httpx.AsyncClient:
         """An asynchronous admin client, for tests that run the reconciler in their event loop."""

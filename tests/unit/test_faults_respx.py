@@ -144,36 +144,49 @@ def restarts(metrics: Metrics, reason: str) -> float:
         {"resource": "kubearmorpolicies", "reason": reason}) or 0.0
 
 
-async def test_watch_cut_midway_relists_and_loses_nothing(fake: Any) -> None:
+async def test_watch_cut_midway_resumes_and_loses_nothing(fake: Any) -> None:
     router, client = fake
-    server = Server(router, [
-        listing(10, ksp("a", 10)),
-        listing(20, ksp("a", 10), ksp("b", 11), ksp("c", 15)),  # c came while we were cut off
-    ], [
+    server = Server(router, [listing(10, ksp("a", 10))], [
         stream({"type": "ADDED", "object": ksp("b", 11)},
                then=httpx.RemoteProtocolError("peer closed connection")),
-        stream(hang=True),
+        stream({"type": "ADDED", "object": ksp("c", 15)}, hang=True),  # made while cut off
     ])
     changes: list[tuple[Change, str]] = []
     backoff = CountingBackoff()
     reflector, metrics = reflector_for(client, backoff, changes)
     async with running(reflector):
-        await until(lambda: len(reflector.store) == 3 and reflector.watching, "the relist")
-    assert len(server.list_requests) == 2 and backoff.calls == 1
+        await until(lambda: len(reflector.store) == 3, "the watch to resume")
+    # resumed from the last resourceVersion seen: no LIST of everything
+    assert len(server.list_requests) == 1 and backoff.calls == 1
+    assert server.watch_requests[1].url.params["resourceVersion"] == "11"
     assert changes == [(Change.ADDED, "a"), (Change.ADDED, "b"), (Change.ADDED, "c")]
     assert restarts(metrics, "RemoteProtocolError") == 1
 
 
 async def test_silent_stream_is_noticed(fake: Any) -> None:
     router, client = fake
-    server = Server(router, [listing(10, ksp("a", 10)), listing(11, ksp("a", 10), ksp("b", 11))],
-                    [stream(hang=True), stream(hang=True)])
+    server = Server(router, [listing(10, ksp("a", 10))],
+                    [stream(hang=True), stream({"type": "ADDED", "object": ksp("b", 11)}, hang=True)])
     changes: list[tuple[Change, str]] = []
     reflector, metrics = reflector_for(client, CountingBackoff(), changes, read_timeout=0.2)
     async with running(reflector):
-        await until(lambda: len(reflector.store) == 2, "a relist after the silence")
-    assert len(server.list_requests) == 2
+        await until(lambda: len(reflector.store) == 2, "a new watch after the silence")
+    assert len(server.list_requests) == 1 and len(server.watch_requests) == 2
     assert restarts(metrics, "Timeout") == 1
+
+
+async def test_resuming_from_an_expired_version_relists_once(fake: Any) -> None:
+    router, client = fake
+    server = Server(router, [listing(10, ksp("a", 10)), listing(30, ksp("a", 10), ksp("z", 29))], [
+        stream(then=httpx.ConnectError("connection refused")),
+        httpx.Response(410, json={"kind": "Status", "code": 410, "reason": "Expired",
+                                  "message": "too old resource version"}),
+        stream(hang=True)])
+    reflector, metrics = reflector_for(client, CountingBackoff(), [])
+    async with running(reflector):
+        await until(lambda: reflector.store.get("ns/z") is not None, "the relist")
+    assert len(server.list_requests) == 2 and len(server.watch_requests) == 3
+    assert restarts(metrics, "gone") == 1
 
 
 async def test_in_stream_410_relists_at_once_and_never_hot_loops(fake: Any) -> None:

@@ -1,0 +1,161 @@
+"""Faults that break operators in practice, on the real local control plane (`pytest -m faults`):
+an API server outage, an expired watch, signals in the middle of a busy sync."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.controlplane.launcher import LocalControlPlane, wait_for
+from tests.e2e.conftest import RECONCILER_USER
+from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
+from tests.e2e.process import ReconcilerProcess
+
+pytestmark = pytest.mark.faults
+
+
+def policy_names(control_plane: LocalControlPlane, namespace: str) -> set[str]:
+    with control_plane.client() as client:
+        items = client.get(kubearmor_policies(namespace)).json()["items"]
+    return {p["metadata"]["name"] for p in items}
+
+
+def second_client(control_plane: LocalControlPlane, port: int) -> httpx.AsyncClient:
+    client = control_plane.async_client()
+    client.base_url = httpx.URL(f"https://127.0.0.1:{port}")
+    return client
+
+
+async def outage(control_plane: LocalControlPlane, namespace: str,
+                 reconciler: ReconcilerProcess, compact: bool) -> None:
+    """The API server goes down; changes are made through a second one on the same etcd."""
+    control_plane.stop_apiserver()
+    wait_for(lambda: not reconciler.ready(), 30, "/readyz to report the lost watches")
+    port = control_plane.start_second_apiserver()
+    async with second_client(control_plane, port) as other:
+        await create_nimbus_policy(other, namespace, "during", [rule("pkgMgrs")])
+        (await other.delete(f"{kubearmor_policies(namespace)}/before-dnsmanipulation")
+         ).raise_for_status()
+        (await other.patch(f"{nimbus_policies(namespace)}/before", content=(
+            '{"spec": {"rules": [{"id": "dnsManipulation", "rule": {"action": "Block"}},'
+            ' {"id": "swDeploymentTools", "rule": {"action": "Audit"}}]}}'),
+            headers={"Content-Type": "application/merge-patch+json"})).raise_for_status()
+    if compact:
+        control_plane.etcd_compact()
+    control_plane.stop_apiserver(name="kube-apiserver-2")
+    control_plane.start_apiserver()
+
+
+async def converge_before(api: httpx.AsyncClient, control_plane: LocalControlPlane,
+                          namespace: str, reconciler: ReconcilerProcess) -> None:
+    reconciler.start()
+    wait_for(reconciler.ready, 30, "the reconciler to be ready")
+    await create_nimbus_policy(api, namespace, "before", [rule("dnsManipulation"),
+                                                          rule("escapeToHost")])
+    wait_for(lambda: len(policy_names(control_plane, namespace)) == 4, 30, "convergence")
+
+
+AFTER = {"before-dnsmanipulation", "before-swdeploymenttools", "during-pkgmgrs"}
+
+
+async def test_api_server_outage_loses_nothing(api: httpx.AsyncClient, namespace: str,
+                                               control_plane: LocalControlPlane,
+                                               reconciler_kubeconfig: Path) -> None:
+    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
+    try:
+        await converge_before(api, control_plane, namespace, reconciler)
+        await outage(control_plane, namespace, reconciler, compact=False)
+        wait_for(lambda: policy_names(control_plane, namespace) == AFTER, 90,
+                 "every change made during the outage to converge")
+        wait_for(reconciler.ready, 30, "/readyz to recover")
+        assert reconciler.process is not None and reconciler.process.poll() is None
+    finally:
+        reconciler.kill_if_running()
+
+
+async def test_expired_watch_relists_once(api: httpx.AsyncClient, namespace: str,
+                                          control_plane: LocalControlPlane,
+                                          reconciler_kubeconfig: Path) -> None:
+    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
+    try:
+        await converge_before(api, control_plane, namespace, reconciler)
+        mark = len(control_plane.audit_events())
+        await outage(control_plane, namespace, reconciler, compact=True)
+        wait_for(lambda: policy_names(control_plane, namespace) == AFTER, 90,
+                 "every change made before the compaction to converge")
+        requests = [e for e in control_plane.audit_events()[mark:]
+                    if e["user"]["username"] == RECONCILER_USER and e["stage"] == "ResponseComplete"]
+        lists = [e for e in requests if e["verb"] == "list"]
+        watches = [e for e in requests if e["verb"] == "watch"]
+        # one relist per reflector (NimbusPolicies, KubeArmorPolicies), no hot loop
+        assert sorted(e["objectRef"]["resource"] for e in lists) == ["kubearmorpolicies",
+                                                                     "nimbuspolicies"]
+        assert len(watches) <= 6, [(e["objectRef"]["resource"], e["responseStatus"]) for e in watches]
+    finally:
+        reconciler.kill_if_running()
+
+
+async def _create_many(api: httpx.AsyncClient, namespace: str, count: int) -> None:
+    limit = asyncio.Semaphore(16)
+
+    async def one(i: int) -> None:
+        async with limit:
+            await create_nimbus_policy(api, namespace, f"np-{i:03d}", [
+                rule("swDeploymentTools"), rule("dnsManipulation"), rule("escapeToHost")])
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def _by_owner(control_plane: LocalControlPlane, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    owned: dict[str, list[dict[str, Any]]] = {}
+    with control_plane.client() as client:
+        for policy in client.get(kubearmor_policies(namespace)).json()["items"]:
+            (ref,) = policy["metadata"]["ownerReferences"]
+            owned.setdefault(ref["name"], []).append(policy)
+    return owned
+
+
+def _statuses(control_plane: LocalControlPlane, namespace: str) -> dict[str, int]:
+    with control_plane.client() as client:
+        return {np["metadata"]["name"]: (np.get("status") or {}).get("numberOfAdapterPolicies", 0)
+                for np in client.get(nimbus_policies(namespace)).json()["items"]}
+
+
+async def test_signals_during_a_busy_sync(api: httpx.AsyncClient, namespace: str,
+                                          control_plane: LocalControlPlane,
+                                          reconciler_kubeconfig: Path) -> None:
+    count = 150
+    await _create_many(api, namespace, count)
+    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
+    try:
+        reconciler.start()
+        wait_for(lambda: sum(1 for n in _statuses(control_plane, namespace).values() if n) >= 10,
+                 60, "the sync to be under way")
+        sent = time.monotonic()
+        assert reconciler.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - sent < 5
+        # every reconcile that started finished: a NimbusPolicy has all its policies and its
+        # status, or none of them
+        statuses, owned = _statuses(control_plane, namespace), _by_owner(control_plane, namespace)
+        assert 10 <= len(owned) < count, "SIGTERM came mid-sync"
+        for name, policies in owned.items():
+            assert len(policies) == 5 and statuses[name] == 5, name
+
+        reconciler.start()
+        wait_for(lambda: len(_by_owner(control_plane, namespace)) > len(owned) + 5, 60,
+                 "the sync to be under way again")
+        reconciler.stop(signal.SIGKILL)
+        reconciler.start()
+        wait_for(lambda: all(n == 5 for n in _statuses(control_plane, namespace).values()), 120,
+                 "convergence after SIGKILL and restart")
+        owned = _by_owner(control_plane, namespace)
+        assert len(owned) == count and all(len(p) == 5 for p in owned.values())
+        assert len(policy_names(control_plane, namespace)) == 5 * count  # no duplicates
+    finally:
+        reconciler.kill_if_running()
