@@ -17,12 +17,24 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from .kube import EVENTS, ApiError, KubeClient
 from .metrics import Metrics
 from .problems import Problem
 
 log = logging.getLogger(__name__)
 COMPONENT = "nimbus-kubearmor"
+
+
+MAX_MESSAGE = 1024  # what `kubectl describe` and the events.k8s.io API keep of a note
+# A NimbusPolicy with hundreds of bad rules gets this many Events per generation, the last one
+# saying how many more there are; the log and the metric still count every problem.
+MAX_EVENTS = 10
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
 def event_name(nimbus_policy: dict[str, Any], problem: Problem) -> str:
@@ -52,17 +64,22 @@ class ProblemReporter:
         if not problems or self._reported.get(key) == version:
             return
         posted = set() if self.client is None or self.dry_run else await self._posted(metadata)
-        for problem in problems:
+        for index, problem in enumerate(problems):
             name = event_name(nimbus_policy, problem)
             if name in posted:
-                continue
+                continue  # reported before this process started
             log.warning(str(problem), extra={
                 "nimbuspolicy": key, "generation": version[1], "problem": problem.kind.value,
                 "field": problem.field, "rule_index": problem.rule_index,
                 "rule_id": problem.rule_id})
             self.metrics.problems.labels(problem.kind.value).inc()
-            if self.client is not None and not self.dry_run:
-                await self._post(nimbus_policy, problem, name)
+            if self.client is None or self.dry_run or index >= MAX_EVENTS:
+                continue
+            if index == MAX_EVENTS - 1 and len(problems) > MAX_EVENTS:
+                problem = attrs.evolve(problem, message=f"{problem.message} (and "
+                                       f"{len(problems) - MAX_EVENTS} more problems in this "
+                                       "NimbusPolicy; the reconciler's log lists them all)")
+            await self._post(nimbus_policy, problem, name)
         self._reported[key] = version
 
     async def _posted(self, metadata: dict[str, Any]) -> set[str]:
@@ -82,7 +99,7 @@ class ProblemReporter:
                                "kind": "NimbusPolicy", "name": metadata["name"],
                                "namespace": metadata["namespace"], "uid": metadata["uid"],
                                "resourceVersion": metadata.get("resourceVersion")},
-            "reason": problem.kind.value, "message": f"{problem.field}: {problem.message}",
+            "reason": problem.kind.value, "message": _clip(f"{problem.field}: {problem.message}"),
             "type": "Warning", "count": 1, "firstTimestamp": now, "lastTimestamp": now,
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT, "reportingInstance": self.instance,
