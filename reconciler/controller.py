@@ -52,6 +52,13 @@ from .workqueue import Priority, QueueShutDown, WorkQueue
 log = logging.getLogger(__name__)
 CONTROLLER = "nimbuspolicy"
 FIELD_MANAGER = "nimbus-kubearmor"
+# Someone else (another controller, a GitOps tool) keeps changing a NimbusPolicy's policies
+# back: the first correction is immediate, the next ones wait 0.1 s, 0.2 s, ... up to 10 s
+# after the previous, and a minute without drift forgives it. A write per change would be a
+# fight with no end; this keeps our side of it to a few writes a minute.
+DRIFT_PAUSE_BASE = 0.1
+DRIFT_PAUSE_MAX = 10.0
+DRIFT_FORGIVEN_AFTER = 60.0
 
 
 @attrs.frozen
@@ -87,6 +94,7 @@ class Outcome:
     problems: list[Problem] = attrs.Factory(list)
     errors: list[ApiError] = attrs.Factory(list)
     skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan
+    deferred: float = 0.0  # drift left for later (seconds), as someone keeps reintroducing it
 
     @property
     def failed(self) -> bool:
@@ -129,6 +137,10 @@ class Controller:
         # the builder's input is the spec, name, namespace and uid, so a resync or an event
         # about its policies reuses it rather than building and rendering it again.
         self._desired: dict[str, tuple[tuple[str, int], Desired]] = {}
+        # By key: the (uid, generation) last converged, and (corrections in a row, when the last
+        # was made) for the drift corrections made since.
+        self._converged: dict[str, tuple[str, int]] = {}
+        self._drift: dict[str, tuple[int, float]] = {}
 
     # --- event handlers: they only say which key to look at --------------------------------------
 
@@ -141,7 +153,8 @@ class Controller:
         key = object_key(obj)
         if change is Change.DELETED:
             self.reporter.forget(key)
-            self._desired.pop(key, None)
+            for cache in (self._desired, self._converged, self._drift):
+                cache.pop(key, None)
         self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
 
     def on_kubearmor_policy(self, change: Change, old: Obj | None, new: Obj | None,
@@ -270,6 +283,14 @@ class Controller:
         outcome.unchanged = len(diff.unchanged)
         listed = {e.removeprefix("KubeArmorPolicy/") for e in
                   (nimbus_policy.get("status") or {}).get("adapterPolicies") or []}
+        version = (metadata["uid"], int(metadata.get("generation") or 0))
+        drifted = bool(diff.update or any(p.name in listed for p in diff.create))
+        if drifted and self._converged.get(key) == version:  # ours changed, not the intent
+            pause = self._drift_pause(key)
+            if pause > 0:
+                outcome.deferred = pause
+                self.queue.add_after(key, pause)
+                return outcome
         for policy in diff.create:
             if await self._create(policy, outcome, was_listed=policy.name in listed):
                 existing.add(policy.name)
@@ -280,7 +301,25 @@ class Controller:
             await self._delete(obj, outcome)
         await self._write_status(nimbus_policy, [p.name for p in desired if p.name in existing],
                                  outcome)
+        if not outcome.failed:
+            self._converged[key] = version
         return outcome
+
+    def _drift_pause(self, key: str) -> float:
+        """Seconds to wait before correcting this NimbusPolicy's policies again (0: now)."""
+        now = self.clock.now()
+        streak, last = self._drift.get(key, (0, -DRIFT_FORGIVEN_AFTER - 1))
+        if now - last > DRIFT_FORGIVEN_AFTER:
+            streak = 0
+        pause = 0.0 if streak == 0 else min(DRIFT_PAUSE_BASE * 2 ** (streak - 1), DRIFT_PAUSE_MAX)
+        if now < last + pause:
+            return last + pause - now
+        if streak >= 2:
+            log.warning("policies keep being changed by someone else; correcting them with "
+                        "growing pauses", extra={"nimbuspolicy": key, "corrections": streak + 1,
+                                                 "next_pause_s": min(pause * 2, DRIFT_PAUSE_MAX)})
+        self._drift[key] = (streak + 1, now)
+        return 0.0
 
     def _desired_for(self, key: str, nimbus_policy: Obj) -> Desired:
         metadata = nimbus_policy["metadata"]

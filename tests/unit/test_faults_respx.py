@@ -284,6 +284,8 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
     stale["spec"] = {"action": "Audit"}
     patches = router.patch(f"{NS_KSP_PATH}/np-dnsmanipulation").mock(side_effect=[
         httpx.ReadTimeout("no answer"),
+        httpx.Response(503, json={"kind": "Status", "code": 503, "reason": "ServiceUnavailable",
+                                  "message": "etcdserver: leader changed"}),
         httpx.Response(409, json={"kind": "Status", "code": 409, "reason": "Conflict",
                                   "message": "the object has been modified"}),
         httpx.Response(409, json={"kind": "Status", "code": 409, "reason": "Conflict",
@@ -291,7 +293,7 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
     ])
     controller, clock = controller_with(client, bound_nimbus_policy(["dnsManipulation"]), stale)
     controller.queue.add("ns/np")
-    for backoff in (None, 0.005, 0.01):  # 5 ms doubling: never a tight loop
+    for backoff in (None, 0.005, 0.01, 0.02):  # 5 ms doubling: never a tight loop
         if backoff is not None:
             clock.advance(backoff - 1e-6)
             assert controller.queue.get_nowait() is None
@@ -302,7 +304,7 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
         controller.queue.done(key)
         assert outcome.failed
     assert [e.reason for e in outcome.errors] == ["Conflict"]
-    assert patches.call_count == 3
+    assert patches.call_count == 4
     assert json.loads(patches.calls[0].request.content)[0] == {
         "op": "replace", "path": "/metadata/resourceVersion", "value": "3"}
 
