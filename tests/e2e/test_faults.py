@@ -174,7 +174,7 @@ async def test_a_competing_writer_is_outlasted_not_fought(
         wait_for(lambda: name in policy_names(control_plane, namespace), 30, "the policy")
         mark = len(control_plane.audit_events())
         started = time.monotonic()
-        for i in range(100):  # another writer insists on Audit, 100 times over about 3 s
+        for _ in range(100):  # another writer insists on Audit, 100 times over about 3 s
             response = await api.patch(url, content='{"spec": {"action": "Audit"}}',
                                        headers={"Content-Type": "application/merge-patch+json"})
             assert response.status_code == 200, response.text
