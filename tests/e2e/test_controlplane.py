@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from tests.controlplane.launcher import LocalControlPlane, wait_for
+from tests.controlplane.launcher import LocalControlPlane, remove_abandoned_workdirs, wait_for
 
 KSP = "/apis/security.kubearmor.com/v1/namespaces/{ns}/kubearmorpolicies"
 NP = "/apis/intent.security.nimbus.com/v1alpha1/namespaces/{ns}/nimbuspolicies"
@@ -159,3 +163,32 @@ def test_minted_identity_has_only_what_rbac_grants(control_plane: LocalControlPl
         assert client.get(KSP.format(ns=namespace)).status_code == 200
         assert client.post(KSP.format(ns=namespace), json=ksp("no")).status_code == 403
         assert client.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
+
+
+def test_nothing_outlives_a_killed_test_run() -> None:
+    """A test run SIGKILLed mid-way (no teardown at all): its control plane dies with it, and
+    the next start removes the directory it left."""
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, "-m", "tests.controlplane"], cwd=repo,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert parent.stdout is not None
+        workdir = Path(parent.stdout.readline().strip()).parent
+        children = [int(p) for p in Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+                    .read_text().split()]
+        assert len(children) == 3  # etcd, kube-apiserver, kube-controller-manager
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+
+    wait_for(lambda: all(gone(pid) for pid in children), 10, "the children to die")
+    assert workdir.exists()
+    remove_abandoned_workdirs()
+    assert not workdir.exists()

@@ -24,6 +24,7 @@ from reconciler.metrics import Metrics
 from reconciler.reflector import Backoff, Reflector
 from reconciler.store import Change, Store
 
+pytestmark = pytest.mark.faults
 SERVER = "http://127.0.0.1:9"  # never contacted: respx answers every request
 KSP_PATH = "/apis/security.kubearmor.com/v1/kubearmorpolicies"
 NS_KSP_PATH = "/apis/security.kubearmor.com/v1/namespaces/ns/kubearmorpolicies"
