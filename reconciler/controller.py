@@ -416,6 +416,10 @@ class Controller:
                                               name, repair_patch(update), JSON_PATCH, FIELD_MANAGER)
         except ApiError as error:
             self._failed("patch", "kubearmorpolicies", error, outcome)
+            if error.conflict:
+                # Our copy is stale. Forget it rather than wait for the watch: an object that
+                # lost our label is outside the watch, and the next try reads it afresh.
+                self.kubearmor_policies.delete(object_key(update.actual))
             return False
         self._wrote("patch", "kubearmorpolicies")
         self.kubearmor_policies.upsert(patched)

@@ -289,12 +289,18 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
                                   "message": "etcdserver: leader changed"}),
         httpx.Response(409, json={"kind": "Status", "code": 409, "reason": "Conflict",
                                   "message": "the object has been modified"}),
-        httpx.Response(409, json={"kind": "Status", "code": 409, "reason": "Conflict",
-                                  "message": "the object has been modified"}),
+        httpx.Response(200, json=ksp("np-dnsmanipulation", 9)),
     ])
+    # after the conflict the cached copy is dropped: the next try finds the name taken, reads
+    # the object afresh and patches that version
+    fresh = ksp("np-dnsmanipulation", 8)
+    fresh["spec"] = {"action": "Audit"}
+    router.post(NS_KSP_PATH).respond(409, json={"kind": "Status", "code": 409,
+                                                "reason": "AlreadyExists", "message": "exists"})
+    router.get(f"{NS_KSP_PATH}/np-dnsmanipulation").respond(json=fresh)
     controller, clock = controller_with(client, bound_nimbus_policy(["dnsManipulation"]), stale)
     controller.queue.add("ns/np")
-    for backoff in (None, 0.005, 0.01, 0.02):  # 5 ms doubling: never a tight loop
+    for backoff in (None, 0.005, 0.01):  # 5 ms doubling: never a tight loop
         if backoff is not None:
             clock.advance(backoff - 1e-6)
             assert controller.queue.get_nowait() is None
@@ -305,7 +311,13 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
         controller.queue.done(key)
         assert outcome.failed
     assert [e.reason for e in outcome.errors] == ["Conflict"]
+    clock.advance(0.02)
+    key = controller.queue.get_nowait()
+    assert key == "ns/np"
+    outcome = await controller.process(key)
+    assert not outcome.failed and outcome.updated[0].startswith("np-dnsmanipulation (spec")
     assert patches.call_count == 4
+    assert json.loads(patches.calls[3].request.content)[0]["value"] == "8"
     assert json.loads(patches.calls[0].request.content)[0] == {
         "op": "replace", "path": "/metadata/resourceVersion", "value": "3"}
 
