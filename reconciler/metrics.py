@@ -112,7 +112,10 @@ class QueueMetrics:
         self.longest_running_processor = metrics.workqueue_longest_running_processor.labels(**labels)
         self.retries = metrics.workqueue_retries.labels(**labels)
 
-    def track_processing(self, unfinished: Callable[[], float], longest: Callable[[], float]) -> None:
-        """Computed when scraped, from the queue's own processing start times."""
+    def track(self, depth: Callable[[], float], unfinished: Callable[[], float],
+              longest: Callable[[], float]) -> None:
+        """Gauges computed when scraped from the queue's own state, so the hot path never
+        takes their locks."""
+        self.depth.set_function(depth)
         self.unfinished_work.set_function(unfinished)
         self.longest_running_processor.set_function(longest)

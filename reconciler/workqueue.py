@@ -59,7 +59,7 @@ class WorkQueue:
         self._idle.set()
         self._shutting_down = False
         if metrics is not None:
-            metrics.track_processing(self._unfinished_seconds, self._longest_running_seconds)
+            metrics.track(self.__len__, self._unfinished_seconds, self._longest_running_seconds)
 
     # --- adding -------------------------------------------------------------------------------
 
@@ -79,8 +79,6 @@ class WorkQueue:
         if key in self._processing:
             return  # done() queues it again
         self._queued_at[key] = self._clock.now()
-        if self._metrics is not None:
-            self._metrics.depth.inc()
         self._enqueue(key, priority)
 
     def _enqueue(self, key: str, priority: Priority) -> None:
@@ -155,7 +153,6 @@ class WorkQueue:
                 self._processing[key] = now
                 self._idle.clear()
                 if self._metrics is not None:
-                    self._metrics.depth.dec()
                     self._metrics.queue_duration.observe(now - self._queued_at.pop(key, now))
                 else:
                     self._queued_at.pop(key, None)
@@ -179,8 +176,6 @@ class WorkQueue:
         priority = self._dirty.get(key)
         if priority is not None:
             self._queued_at[key] = self._clock.now()
-            if self._metrics is not None:
-                self._metrics.depth.inc()
             self._enqueue(key, priority)
         if not self._processing:
             self._idle.set()
