@@ -26,6 +26,7 @@ from .diff import (
     diff_policies,
     fingerprint,
     is_orphan,
+    keep_spec_digest,
     needs_reconcile,
     owner_key,
     repair_patch,
@@ -114,7 +115,8 @@ class Controller:
         self.clock = clock or MonotonicClock()
         self.queue = WorkQueue(CONTROLLER, self.clock, metrics=metrics.queue(CONTROLLER, CONTROLLER))
         self.nimbus_policies = Store()
-        self.kubearmor_policies = Store(index=lambda obj: [k] if (k := owner_key(obj)) else [])
+        self.kubearmor_policies = Store(index=lambda obj: [k] if (k := owner_key(obj)) else [],
+                                        transform=keep_spec_digest)
         self.reporter = ProblemReporter(client, metrics, self.config.dry_run)
         scopes: Sequence[str | None] = self.config.namespaces or (None,)
         self.reflectors = [

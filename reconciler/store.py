@@ -9,6 +9,7 @@ from typing import Any
 
 Obj = dict[str, Any]
 IndexFunc = Callable[[Obj], Iterable[str]]
+Transform = Callable[[Obj], Obj]  # what is kept of an object (it must keep its metadata)
 
 
 class Change(enum.Enum):
@@ -38,8 +39,9 @@ def _slim(obj: Obj) -> Obj:
 
 
 class Store:
-    def __init__(self, index: IndexFunc | None = None) -> None:
+    def __init__(self, index: IndexFunc | None = None, transform: Transform | None = None) -> None:
         self._index_func = index
+        self._transform = transform
         # objects by "namespace/name"
         self._objects: dict[str, Obj] = {}
         # index value -> keys of the objects the index function maps to it; always exactly
@@ -80,6 +82,8 @@ class Store:
         """Store `obj` unless what is stored is the same or a newer version of it (a watch
         event echoing a write this process already stored). Returns what changed, if anything."""
         obj = _slim(obj)
+        if self._transform is not None:
+            obj = self._transform(obj)
         key = object_key(obj)
         old = self._objects.get(key)
         if old is not None:

@@ -10,6 +10,7 @@ from reconciler.builder import desired_policies
 from reconciler.diff import (
     diff_policies,
     is_orphan,
+    keep_spec_digest,
     needs_reconcile,
     owner_key,
     repair_patch,
@@ -166,3 +167,15 @@ def test_status_patch_merges_with_other_adapters_and_is_none_when_right() -> Non
                                        "adapterPolicies": ["KubeArmorPolicy/np-a"]})
     fixed = status_patch(drifted_count, ["np-a"], NOW)
     assert fixed is not None and fixed["status"]["numberOfAdapterPolicies"] == 1
+
+
+def test_cached_policies_keep_only_a_digest_of_their_spec() -> None:
+    (policy,) = desired(["swDeploymentTools"])
+    actual = stored(policy)
+    cached = keep_spec_digest(actual)
+    assert "spec" not in cached and cached["metadata"] == actual["metadata"]
+    assert diff_policies([policy], [cached], lambda name: None).unchanged == ("np-swdeploymenttools",)
+    actual["spec"]["action"] = "Audit"
+    (update,) = diff_policies([policy], [keep_spec_digest(actual)], lambda name: None).update
+    assert update.fields == ("spec",)
+    assert repair_patch(update)[1] == {"op": "add", "path": "/spec", "value": to_dict(policy)["spec"]}
