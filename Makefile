@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 IMG ?= ghcr.io/nimbus-kubearmor/reconciler
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
@@ -41,8 +42,8 @@ lint: venv ## ruff on everything, mypy --strict on reconciler/
 	$(PY) -m ruff check reconciler tests config
 	$(PY) -m mypy
 
-bench: controlplane ## Run the benchmarks and print their figures
-	$(PY) -m tests.bench
+bench: controlplane ## Benchmarks: print figures, write tests/bench/results.json (BENCH_SCALE, BENCH_ARGS=--quick)
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 demo: controlplane ## See it work: local control plane, sample policies, the reconciler repairing drift
 	$(PY) -m tests.demo
