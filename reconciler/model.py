@@ -109,12 +109,11 @@ class Source:
     path: str
 
 
-@attrs.frozen
-class MatchPath:
-    path: str
-    read_only: bool | None = None
-    owner_only: bool | None = None
-    from_source: tuple[Source, ...] = ()
+@attrs.frozen(kw_only=True)
+class Annotations:
+    """What every KubeArmor match rule and section may carry besides what it matches.
+    Keyword-only, so the classes below keep their own mandatory first field."""
+
     severity: int | None = None
     tags: tuple[str, ...] = ()
     message: str | None = None
@@ -122,87 +121,68 @@ class MatchPath:
 
 
 @attrs.frozen
-class MatchDirectory:
+class MatchPath(Annotations):
+    path: str
+    read_only: bool | None = None
+    owner_only: bool | None = None
+    from_source: tuple[Source, ...] = ()
+
+
+@attrs.frozen
+class MatchDirectory(Annotations):
     dir: str
     recursive: bool | None = None
     read_only: bool | None = None
     owner_only: bool | None = None
     from_source: tuple[Source, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class MatchPattern:
+class MatchPattern(Annotations):
     pattern: str
     read_only: bool | None = None
     owner_only: bool | None = None
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class ProcessRules:
+class PathRules(Annotations):
+    """The process and file sections match the same ways."""
+
     match_paths: tuple[MatchPath, ...] = ()
     match_directories: tuple[MatchDirectory, ...] = ()
     match_patterns: tuple[MatchPattern, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class FileRules:
-    match_paths: tuple[MatchPath, ...] = ()
-    match_directories: tuple[MatchDirectory, ...] = ()
-    match_patterns: tuple[MatchPattern, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
+class ProcessRules(PathRules):
+    """Executions to match."""
 
 
 @attrs.frozen
-class MatchProtocol:
+class FileRules(PathRules):
+    """File accesses to match."""
+
+
+@attrs.frozen
+class MatchProtocol(Annotations):
     protocol: str
     from_source: tuple[Source, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class NetworkRules:
+class NetworkRules(Annotations):
     match_protocols: tuple[MatchProtocol, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class MatchCapability:
+class MatchCapability(Annotations):
     capability: str
     from_source: tuple[Source, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
-class CapabilityRules:
+class CapabilityRules(Annotations):
     match_capabilities: tuple[MatchCapability, ...] = ()
-    severity: int | None = None
-    tags: tuple[str, ...] = ()
-    message: str | None = None
-    action: str | None = None
 
 
 @attrs.frozen
