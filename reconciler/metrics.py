@@ -6,9 +6,19 @@ metrics are prefixed `nimbus_kubearmor_`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import math
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # controller-runtime exports no `*_created` series; neither do we.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -25,31 +35,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        # --- the work queue ---
-        self.workqueue_depth = Gauge("workqueue_depth", "Current depth of workqueue",
-                                     QUEUE_LABELS, registry=r)
-        self.workqueue_adds = Counter("workqueue_adds_total",
-                                      "Total number of adds handled by workqueue",
-                                      QUEUE_LABELS, registry=r)
-        self.workqueue_queue_duration = Histogram(
-            "workqueue_queue_duration_seconds",
-            "How long in seconds an item stays in workqueue before being requested",
-            QUEUE_LABELS, buckets=WORKQUEUE_BUCKETS, registry=r)
-        self.workqueue_work_duration = Histogram(
-            "workqueue_work_duration_seconds",
-            "How long in seconds processing an item from workqueue takes",
-            QUEUE_LABELS, buckets=WORKQUEUE_BUCKETS, registry=r)
-        self.workqueue_unfinished_work = Gauge(
-            "workqueue_unfinished_work_seconds",
-            "How many seconds of work has been done that is in progress and hasn't been "
-            "observed by work_duration", QUEUE_LABELS, registry=r)
-        self.workqueue_longest_running_processor = Gauge(
-            "workqueue_longest_running_processor_seconds",
-            "How many seconds has the longest running processor for workqueue been running",
-            QUEUE_LABELS, registry=r)
-        self.workqueue_retries = Counter("workqueue_retries_total",
-                                         "Total number of retries handled by workqueue",
-                                         QUEUE_LABELS, registry=r)
+        # --- the work queue: workqueue_* from a collector of our own (see WorkqueueCollector) ---
+        self._workqueues = WorkqueueCollector()
+        r.register(self._workqueues)
         # --- the controller ---
         self.reconcile_total = Counter("controller_runtime_reconcile_total",
                                        "Total number of reconciliations per controller",
@@ -96,26 +84,108 @@ class Metrics:
                                   ("resource",), registry=r)
 
     def queue(self, name: str, controller: str) -> QueueMetrics:
-        return QueueMetrics(self, name, controller)
+        queue = QueueMetrics(name, controller)
+        self._workqueues.queues.append(queue)
+        return queue
+
+
+class Count:
+    """A counter without a lock: a work queue lives on one event loop."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Buckets:
+    """A histogram without a lock: the count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), float(running)))  # type: ignore[no-untyped-call]
+        return out
 
 
 class QueueMetrics:
-    """The workqueue_* children of one queue, bound to its labels once (the queue's hot path)."""
+    """One work queue's numbers. Every add, get and done touches them, so they are plain
+    numbers (prometheus-client's locked metrics cost more than the queue operation itself);
+    gauges are functions of the queue's own state, read when scraped."""
 
-    def __init__(self, metrics: Metrics, name: str, controller: str) -> None:
-        labels = {"name": name, "controller": controller}
-        self.depth = metrics.workqueue_depth.labels(**labels)
-        self.adds = metrics.workqueue_adds.labels(**labels)
-        self.queue_duration = metrics.workqueue_queue_duration.labels(**labels)
-        self.work_duration = metrics.workqueue_work_duration.labels(**labels)
-        self.unfinished_work = metrics.workqueue_unfinished_work.labels(**labels)
-        self.longest_running_processor = metrics.workqueue_longest_running_processor.labels(**labels)
-        self.retries = metrics.workqueue_retries.labels(**labels)
+    def __init__(self, name: str, controller: str) -> None:
+        self.labels = [name, controller]
+        self.adds = Count()
+        self.retries = Count()
+        self.queue_duration = Buckets(WORKQUEUE_BUCKETS)
+        self.work_duration = Buckets(WORKQUEUE_BUCKETS)
+        self.depth: Callable[[], float] = lambda: 0.0
+        self.unfinished_work: Callable[[], float] = lambda: 0.0
+        self.longest_running_processor: Callable[[], float] = lambda: 0.0
 
     def track(self, depth: Callable[[], float], unfinished: Callable[[], float],
               longest: Callable[[], float]) -> None:
-        """Gauges computed when scraped from the queue's own state, so the hot path never
-        takes their locks."""
-        self.depth.set_function(depth)
-        self.unfinished_work.set_function(unfinished)
-        self.longest_running_processor.set_function(longest)
+        self.depth, self.unfinished_work, self.longest_running_processor = depth, unfinished, longest
+
+
+class WorkqueueCollector(Collector):
+    """Exposes every queue's numbers as controller-runtime's workqueue_* metrics."""
+
+    def __init__(self) -> None:
+        self.queues: list[QueueMetrics] = []
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, with_samples: bool) -> list[Metric]:
+        depth = GaugeMetricFamily("workqueue_depth", "Current depth of workqueue",
+                                  labels=QUEUE_LABELS)
+        adds = CounterMetricFamily("workqueue_adds", "Total number of adds handled by workqueue",
+                                   labels=QUEUE_LABELS)
+        queue_duration = HistogramMetricFamily(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            labels=QUEUE_LABELS)
+        work_duration = HistogramMetricFamily(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes", labels=QUEUE_LABELS)
+        unfinished = GaugeMetricFamily(
+            "workqueue_unfinished_work_seconds",
+            "How many seconds of work has been done that is in progress and hasn't been "
+            "observed by work_duration", labels=QUEUE_LABELS)
+        longest = GaugeMetricFamily(
+            "workqueue_longest_running_processor_seconds",
+            "How many seconds has the longest running processor for workqueue been running",
+            labels=QUEUE_LABELS)
+        retries = CounterMetricFamily("workqueue_retries",
+                                      "Total number of retries handled by workqueue",
+                                      labels=QUEUE_LABELS)
+        for queue in self.queues if with_samples else ():
+            depth.add_metric(queue.labels, queue.depth())
+            adds.add_metric(queue.labels, queue.adds.value)
+            queue_duration.add_metric(queue.labels, queue.queue_duration.cumulative(),
+                                      queue.queue_duration.total)
+            work_duration.add_metric(queue.labels, queue.work_duration.cumulative(),
+                                     queue.work_duration.total)
+            unfinished.add_metric(queue.labels, queue.unfinished_work())
+            longest.add_metric(queue.labels, queue.longest_running_processor())
+            retries.add_metric(queue.labels, queue.retries.value)
+        return [depth, adds, queue_duration, work_duration, unfinished, longest, retries]

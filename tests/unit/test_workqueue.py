@@ -166,6 +166,10 @@ def test_metrics() -> None:
     queue.get_nowait()
     assert value("workqueue_depth") == 1
     assert value("workqueue_queue_duration_seconds_sum") == 2
+    bucket = {"le": "1.0", **labels}
+    assert registry.get_sample_value("workqueue_queue_duration_seconds_bucket", bucket) == 0
+    bucket["le"] = "10.0"  # 2 s lands in the first bucket whose bound is at least 2 s
+    assert registry.get_sample_value("workqueue_queue_duration_seconds_bucket", bucket) == 1
     clock.advance(3)
     assert value("workqueue_unfinished_work_seconds") == 3
     assert value("workqueue_longest_running_processor_seconds") == 3
