@@ -50,9 +50,6 @@ class ObjectMeta:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def controller_owner(self) -> OwnerReference | None:
-        return next((ref for ref in self.owner_references if ref.controller), None)
-
 
 @attrs.frozen
 class LabelSelector:

@@ -65,7 +65,6 @@ class Reflector:
         self.backoff = backoff or Backoff(self.clock)
         self.synced = anyio.Event()  # set once the first LIST is in the store
         self.watching = False  # a watch stream is open and healthy
-        self.lists = 0
         self._label = resource.plural
         self._resource_version = ""  # the last resourceVersion seen: where a watch resumes
 
@@ -125,7 +124,6 @@ class Reflector:
             continue_token = page.get("metadata", {}).get("continue")
             if not continue_token:
                 break
-        self.lists += 1
         self.metrics.relists.labels(self._label).inc()
         for item in items:  # list items carry no kind
             item.setdefault("kind", self.resource.kind)

@@ -57,9 +57,6 @@ class Store:
     def list_keys(self) -> list[str]:
         return list(self._objects)
 
-    def values(self) -> list[Obj]:
-        return list(self._objects.values())
-
     def by_index(self, value: str) -> list[Obj]:
         return [self._objects[key] for key in self._index.get(value, ())]
 

@@ -195,10 +195,6 @@ class WorkQueue:
         self.shutdown()
         await self._idle.wait()
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     # --- observing ------------------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -14,7 +14,6 @@ a later start removes directories such an abrupt end left behind.
 from __future__ import annotations
 
 import base64
-import contextlib
 import ctypes
 import json
 import os
@@ -23,10 +22,9 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -407,9 +405,3 @@ class LocalControlPlane:
         httpx.post(f"{self.etcd_url}/v3/kv/compaction",
                    json={"revision": revision, "physical": True}, timeout=30).raise_for_status()
         return revision
-
-
-@contextlib.contextmanager
-def running(assets: Assets, log: TextIO | None = sys.stderr) -> Iterator[LocalControlPlane]:
-    with LocalControlPlane(assets, log=log) as control_plane:
-        yield control_plane
