@@ -36,6 +36,7 @@ from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.assets import build
 from tests.controlplane.launcher import LocalControlPlane, free_port
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "nimbus-kubearmor-bench"
@@ -149,13 +150,6 @@ class Bench:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name))
 
-    async def until(self, condition: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-        deadline = time.monotonic() + timeout
-        while not await condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"benchmark: timed out waiting for {what}")
-            await asyncio.sleep(interval)
-
     async def statuses_written(self, namespace: str, count: int) -> float:
         """Watch NimbusPolicies until `count` have their status written; seconds it took."""
         started = time.perf_counter()
@@ -254,7 +248,7 @@ class Bench:
             created[name] = time.perf_counter()
             await self.create_nimbus_policy(namespace, name, owner)
             await asyncio.sleep(0.1)
-        await self.until(lambda: _all(added, created), 60, "the late NimbusPolicies' policies")
+        await eventually(lambda: _all(added, created), 60, "the late NimbusPolicies' policies")
         # the floor under the same churn: a plain client making the same writes in order
         floor_owner = (await self.api.get(
             f"{GROUP}/namespaces/floor/securityintentbindings/bench")).json()
@@ -271,7 +265,7 @@ class Bench:
                 {"spec": {"action": "Audit"}}), headers={"Content-Type": "application/merge-patch+json"})
             response.raise_for_status()
             await asyncio.sleep(0.1)
-        await self.until(lambda: _reverted(reverted, edited), 60, "the edits to be reverted")
+        await eventually(lambda: _reverted(reverted, edited), 60, "the edits to be reverted")
         stop.set()
         await churner
         watcher.cancel()
@@ -318,12 +312,12 @@ async def measure(cp: LocalControlPlane, scale: int, samples: int) -> dict[str, 
 
     mark = len(cp.audit_events())
     reconciles = await bench.metric("controller_runtime_reconcile_total")
-    await bench.until(lambda: _more(bench, reconciles + scale), 60, "a full resync", interval=0.5)
+    await eventually(lambda: _more(bench, reconciles + scale), 60, "a full resync", interval=0.5)
     writes, requests = bench.writes_since(mark)
     results["api_requests_per_reconcile"] = requests / scale
     bench.stop_reconciler()
     bench.start_reconciler("bench")
-    await bench.until(lambda: _more(bench, scale), 120, "the reconciles after a restart", interval=0.5)
+    await eventually(lambda: _more(bench, scale), 120, "the reconciles after a restart", interval=0.5)
     restart_writes, _ = bench.writes_since(mark)
     results["steady_state_writes"] = restart_writes
     print(f"   steady state: {restart_writes} writes ({writes} during the resync)", flush=True)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +22,10 @@ from reconciler.controller import Controller, ControllerConfig
 from reconciler.kube import KubeClient
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
+__all__ = ["RECONCILER_USER", "RunningReconciler", "eventually", "writes_by"]
 RECONCILER_USER = "nimbus-kubearmor-e2e"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 T = TypeVar("T")
@@ -93,20 +94,6 @@ async def reconciler(reconciler_kubeconfig: Path, namespace: str
         yield running
     finally:
         await running.stop()
-
-
-async def eventually(condition: Callable[[], Awaitable[T]], timeout: float = 15.0,
-                     what: str = "the condition") -> T:
-    """Await `condition()` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await condition()
-        if last:
-            return last  # type: ignore[no-any-return]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 def writes_by(control_plane: LocalControlPlane, user: str, since: int = 0) -> list[dict[str, Any]]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from reconciler.kube import KUBEARMOR_POLICIES, KubeClient
 from reconciler.metrics import Metrics
 from reconciler.reflector import Backoff, Reflector
 from reconciler.store import Change, Store
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.faults
 SERVER = "http://127.0.0.1:9"  # never contacted: respx answers every request
@@ -104,19 +104,6 @@ class CountingBackoff(Backoff):
         return self.delay
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str,
-                timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 @contextlib.asynccontextmanager
 async def running(reflector: Reflector) -> AsyncIterator[None]:
     task = asyncio.create_task(reflector.run())
@@ -156,7 +143,7 @@ async def test_watch_cut_midway_resumes_and_loses_nothing(fake: Any) -> None:
     backoff = CountingBackoff()
     reflector, metrics = reflector_for(client, backoff, changes)
     async with running(reflector):
-        await until(lambda: len(reflector.store) == 3, "the watch to resume")
+        await eventually(lambda: len(reflector.store) == 3, 5, "the watch to resume")
     # resumed from the last resourceVersion seen: no LIST of everything
     assert len(server.list_requests) == 1 and backoff.calls == 1
     assert server.watch_requests[1].url.params["resourceVersion"] == "11"
@@ -171,7 +158,7 @@ async def test_silent_stream_is_noticed(fake: Any) -> None:
     changes: list[tuple[Change, str]] = []
     reflector, metrics = reflector_for(client, CountingBackoff(), changes, read_timeout=0.2)
     async with running(reflector):
-        await until(lambda: len(reflector.store) == 2, "a new watch after the silence")
+        await eventually(lambda: len(reflector.store) == 2, 5, "a new watch after the silence")
     assert len(server.list_requests) == 1 and len(server.watch_requests) == 2
     assert restarts(metrics, "Timeout") == 1
 
@@ -185,7 +172,7 @@ async def test_resuming_from_an_expired_version_relists_once(fake: Any) -> None:
         stream(hang=True)])
     reflector, metrics = reflector_for(client, CountingBackoff(), [])
     async with running(reflector):
-        await until(lambda: reflector.store.get("ns/z") is not None, "the relist")
+        await eventually(lambda: reflector.store.get("ns/z") is not None, 5, "the relist")
     assert len(server.list_requests) == 2 and len(server.watch_requests) == 3
     assert restarts(metrics, "gone") == 1
 
@@ -199,7 +186,7 @@ async def test_in_stream_410_relists_at_once_and_never_hot_loops(fake: Any) -> N
     backoff = CountingBackoff()
     reflector, metrics = reflector_for(client, backoff, [])
     async with running(reflector):
-        await until(lambda: len(server.list_requests) == 3 and reflector.watching, "two relists")
+        await eventually(lambda: len(server.list_requests) == 3 and reflector.watching, 5, "two relists")
     # the first 410 relisted without waiting; the 410 straight after that relist waited
     assert backoff.calls == 1
     assert restarts(metrics, "gone") == 2
@@ -215,7 +202,7 @@ async def test_bookmark_only_moves_the_resource_version(fake: Any) -> None:
     changes: list[tuple[Change, str]] = []
     reflector, _ = reflector_for(client, CountingBackoff(), changes)
     async with running(reflector):
-        await until(lambda: len(server.watch_requests) == 2, "the second watch")
+        await eventually(lambda: len(server.watch_requests) == 2, 5, "the second watch")
     assert server.watch_requests[0].url.params["resourceVersion"] == "10"
     assert server.watch_requests[0].url.params["allowWatchBookmarks"] == "true"
     assert server.watch_requests[1].url.params["resourceVersion"] == "50"
