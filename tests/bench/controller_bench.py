@@ -19,8 +19,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ from reconciler.kube import KUBEARMOR_POLICIES, MERGE_PATCH, NIMBUS_POLICIES, Ku
 from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.assets import build
-from tests.controlplane.launcher import LocalControlPlane, free_port
+from tests.controlplane.launcher import LocalControlPlane
+from tests.process import ReconcilerProcess
 from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +57,7 @@ class Bench:
         self.scale = scale
         self.samples = samples
         self.api = cp.async_client(timeout=60)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.metrics_port = 0
+        self.process: ReconcilerProcess | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -129,24 +127,18 @@ class Bench:
     # --- the reconciler -------------------------------------------------------------------------
 
     def start_reconciler(self, namespace: str) -> None:
-        self.metrics_port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "--kubeconfig", str(self.kubeconfig),
-             "--namespace", namespace, "--workers", str(WORKERS), "--resync-period", "20s",
-             "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
-             "--health-probe-bind-address", "0", "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = ReconcilerProcess(self.kubeconfig, namespace, "--workers", str(WORKERS),
+                                         "--resync-period", "20s", "--log-level", "warning")
+        self.process.start()
 
     def stop_reconciler(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
+        self.process.stop(timeout=30)
+        self.process.close()
 
     async def metric(self, name: str) -> float:
-        try:
-            text = (await self.api.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
-        except httpx.TransportError:
-            return 0.0
+        assert self.process is not None
+        text = await asyncio.to_thread(self.process.metrics)
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name))
 

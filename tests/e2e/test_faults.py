@@ -15,7 +15,7 @@ import pytest
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
-from tests.e2e.process import ReconcilerProcess
+from tests.process import ReconcilerProcess
 
 pytestmark = pytest.mark.faults
 
@@ -67,23 +67,19 @@ AFTER = {"before-dnsmanipulation", "before-swdeploymenttools", "during-pkgmgrs"}
 async def test_api_server_outage_loses_nothing(api: httpx.AsyncClient, namespace: str,
                                                control_plane: LocalControlPlane,
                                                reconciler_kubeconfig: Path) -> None:
-    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
-    try:
+    with ReconcilerProcess(reconciler_kubeconfig, namespace) as reconciler:
         await converge_before(api, control_plane, namespace, reconciler)
         await outage(control_plane, namespace, reconciler, compact=False)
         wait_for(lambda: policy_names(control_plane, namespace) == AFTER, 90,
                  "every change made during the outage to converge")
         wait_for(reconciler.ready, 30, "/readyz to recover")
-        assert reconciler.process is not None and reconciler.process.poll() is None
-    finally:
-        reconciler.kill_if_running()
+        assert reconciler.running()
 
 
 async def test_expired_watch_relists_once(api: httpx.AsyncClient, namespace: str,
                                           control_plane: LocalControlPlane,
                                           reconciler_kubeconfig: Path) -> None:
-    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
-    try:
+    with ReconcilerProcess(reconciler_kubeconfig, namespace) as reconciler:
         await converge_before(api, control_plane, namespace, reconciler)
         mark = len(control_plane.audit_events())
         await outage(control_plane, namespace, reconciler, compact=True)
@@ -97,8 +93,6 @@ async def test_expired_watch_relists_once(api: httpx.AsyncClient, namespace: str
         assert sorted(e["objectRef"]["resource"] for e in lists) == ["kubearmorpolicies",
                                                                      "nimbuspolicies"]
         assert len(watches) <= 6, [(e["objectRef"]["resource"], e["responseStatus"]) for e in watches]
-    finally:
-        reconciler.kill_if_running()
 
 
 async def _create_many(api: httpx.AsyncClient, namespace: str, count: int) -> None:
@@ -132,8 +126,7 @@ async def test_signals_during_a_busy_sync(api: httpx.AsyncClient, namespace: str
                                           reconciler_kubeconfig: Path) -> None:
     count = 150
     await _create_many(api, namespace, count)
-    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace)
-    try:
+    with ReconcilerProcess(reconciler_kubeconfig, namespace) as reconciler:
         reconciler.start()
         wait_for(lambda: sum(1 for n in _statuses(control_plane, namespace).values() if n) >= 10,
                  60, "the sync to be under way")
@@ -157,17 +150,14 @@ async def test_signals_during_a_busy_sync(api: httpx.AsyncClient, namespace: str
         owned = _by_owner(control_plane, namespace)
         assert len(owned) == count and all(len(p) == 5 for p in owned.values())
         assert len(policy_names(control_plane, namespace)) == 5 * count  # no duplicates
-    finally:
-        reconciler.kill_if_running()
 
 
 async def test_a_competing_writer_is_outlasted_not_fought(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
         reconciler_kubeconfig: Path) -> None:
-    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace, "--log-format", "json")
     name = "web-dnsmanipulation"
     url = f"{kubearmor_policies(namespace)}/{name}"
-    try:
+    with ReconcilerProcess(reconciler_kubeconfig, namespace, "--log-format", "json") as reconciler:
         reconciler.start()
         wait_for(reconciler.ready, 30, "the reconciler to be ready")
         await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
@@ -192,7 +182,5 @@ async def test_a_competing_writer_is_outlasted_not_fought(
         print(f"{len(during)} corrections against 100 writes in {fight:.1f}s")
         # corrections at 0, 0.1, 0.3, 0.7, 1.5, 3.1 s ... : a handful, not one per write
         assert 1 <= len(during) <= 12, len(during)
-        assert reconciler.process is not None and reconciler.process.poll() is None
+        assert reconciler.running()
         assert "keep being changed by someone else" in reconciler.log_text()
-    finally:
-        reconciler.kill_if_running()

@@ -4,10 +4,7 @@ SIGTERM releases the Lease and the standby takes over within 2 s."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,47 +12,23 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import writes_by
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
+from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "nimbus-kubearmor-leader"
 
 
-class Replica:
-    def __init__(self, control_plane: LocalControlPlane, name: str, namespace: str) -> None:
-        self.name = name
-        rbac = REPO / "config" / "rbac"
-        control_plane.grant(name, yaml.safe_load((rbac / "role.yaml").read_text())["rules"])
-        control_plane.grant_in_namespace(
-            name, namespace, yaml.safe_load((rbac / "leader_election_role.yaml").read_text())["rules"])
-        self.kubeconfig = control_plane.identity_kubeconfig(name)
-        self.probe_port = free_port()
-        self.namespace = namespace
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "--kubeconfig", str(self.kubeconfig),
-             "--namespace", self.namespace, "--leader-elect",
-             "--metrics-bind-address", "0",
-             "--health-probe-bind-address", f"127.0.0.1:{self.probe_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-            env={**os.environ, "POD_NAME": self.name, "POD_NAMESPACE": self.namespace})
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.probe_port}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self, how: signal.Signals) -> int:
-        assert self.process is not None
-        self.process.send_signal(how)
-        code = self.process.wait(timeout=15)
-        self.process.stderr.close()  # type: ignore[union-attr]
-        return code
+def replica(control_plane: LocalControlPlane, name: str, namespace: str) -> ReconcilerProcess:
+    """A replica as its own identity, bound to config/rbac (the Lease Role in `namespace`)."""
+    rbac = REPO / "config" / "rbac"
+    control_plane.grant(name, yaml.safe_load((rbac / "role.yaml").read_text())["rules"])
+    control_plane.grant_in_namespace(
+        name, namespace, yaml.safe_load((rbac / "leader_election_role.yaml").read_text())["rules"])
+    return ReconcilerProcess(control_plane.identity_kubeconfig(name), namespace, "--leader-elect",
+                             env={"POD_NAME": name, "POD_NAMESPACE": namespace})
 
 
 def holder(control_plane: LocalControlPlane, namespace: str) -> str | None:
@@ -71,10 +44,9 @@ def policy_writers(control_plane: LocalControlPlane, since: int, users: list[str
 
 async def test_only_the_leader_writes_and_failover(api: httpx.AsyncClient, namespace: str,
                                                    control_plane: LocalControlPlane) -> None:
-    a, b = Replica(control_plane, "replica-a", namespace), Replica(control_plane, "replica-b", namespace)
-    replicas: list[Any] = [a, b]
     mark = len(control_plane.audit_events())
-    try:
+    with replica(control_plane, "replica-a", namespace) as a, \
+            replica(control_plane, "replica-b", namespace) as b:
         a.start()
         wait_for(lambda: holder(control_plane, namespace) == "replica-a", 30, "a to lead")
         b.start()
@@ -93,12 +65,9 @@ async def test_only_the_leader_writes_and_failover(api: httpx.AsyncClient, names
         assert takeover <= 15 + 1, f"took {takeover:.1f}s"  # the lease duration, and a request
         print(f"SIGKILL failover took {takeover:.1f}s")
 
-        # a clean stop releases the lease: the standby takes it at once
-        a2 = Replica.__new__(Replica)
-        a2.__dict__ |= a.__dict__ | {"probe_port": free_port()}
-        replicas.append(a2)
-        a2.start()
-        wait_for(a2.ready, 30, "the new standby to be ready")
+        # a clean stop releases the lease: the standby (a, restarted) takes it at once
+        a.start()
+        wait_for(a.ready, 30, "the new standby to be ready")
         stopped = time.monotonic()
         assert b.stop(signal.SIGTERM) == 0
         wait_for(lambda: holder(control_plane, namespace) == "replica-a", 10, "a to lead again",
@@ -106,11 +75,6 @@ async def test_only_the_leader_writes_and_failover(api: httpx.AsyncClient, names
         handover = time.monotonic() - stopped
         assert handover <= 2.0, f"took {handover:.2f}s"
         print(f"SIGTERM handover took {handover:.2f}s")
-    finally:
-        for replica in replicas:
-            if replica.process is not None and replica.process.poll() is None:
-                replica.process.kill()
-                replica.process.wait()
 
 
 def _policies(control_plane: LocalControlPlane, namespace: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import string
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -16,9 +15,9 @@ from hypothesis import strategies as st
 from reconciler.builder import desired_policies
 from reconciler.intents import CATALOGUE
 from reconciler.parse import parse_nimbus_policy
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.nimbus import kubearmor_policies, nimbus_policies
-from tests.e2e.process import ReconcilerProcess
+from tests.process import ReconcilerProcess
 
 pytestmark = pytest.mark.faults
 GROUP = "/apis/intent.security.nimbus.com/v1alpha1"
@@ -121,10 +120,7 @@ def test_malformed_nimbus_policies(control_plane: LocalControlPlane,
     assert len(accepted) + len(rejected) == 200
     assert len(rejected) >= 20 and len(bad) >= 50, (len(rejected), len(bad), sorted(set(rejected))[:12])
 
-    metrics_port = free_port()
-    reconciler = ReconcilerProcess(reconciler_kubeconfig, namespace,
-                                   "--metrics-bind-address", f"127.0.0.1:{metrics_port}")
-    try:
+    with ReconcilerProcess(reconciler_kubeconfig, namespace) as reconciler:
         reconciler.start()
 
         def good_converged() -> bool:
@@ -143,7 +139,7 @@ def test_malformed_nimbus_policies(control_plane: LocalControlPlane,
 
         wait_for(lambda: set(bad) <= reported(), 120, "an Event for every accepted bad one")
         def counted() -> float:
-            scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            scrape = reconciler.metrics()
             return sum(float(v) for v in re.findall(
                 r"^nimbus_kubearmor_problems_total\{[^}]*\} (\S+)$", scrape, re.M))
 
@@ -155,7 +151,5 @@ def test_malformed_nimbus_policies(control_plane: LocalControlPlane,
             per_policy[event["involvedObject"]["uid"]] = per_policy.get(
                 event["involvedObject"]["uid"], 0) + 1
         assert max(per_policy.values()) == 10  # capped, however many rules are bad
-        assert reconciler.process is not None and reconciler.process.poll() is None
+        assert reconciler.running()
         assert "reconcile crashed" not in reconciler.log_text()
-    finally:
-        reconciler.kill_if_running()

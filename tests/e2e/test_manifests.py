@@ -4,19 +4,17 @@ what the reconciler uses, and the dashboard and alerts query only metrics it exp
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER
+from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM = "nimbus-kubearmor-system"
@@ -143,24 +141,15 @@ def exported_metric_names(scrape: str) -> set[str]:
 def scrape(control_plane: LocalControlPlane, reconciler_kubeconfig: Path, namespace: str) -> str:
     control_plane.grant_in_namespace(RECONCILER_USER, namespace, yaml.safe_load(
         (REPO / "config/rbac/leader_election_role.yaml").read_text())["rules"])
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--kubeconfig", str(reconciler_kubeconfig),
-         "--namespace", namespace, "--leader-elect", "--leader-election-namespace", namespace,
-         "--metrics-bind-address", f"127.0.0.1:{port}", "--health-probe-bind-address", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-        env={**os.environ, "POD_NAME": "scraped"})
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
+    with ReconcilerProcess(reconciler_kubeconfig, namespace, "--leader-elect",
+                           env={"POD_NAME": "scraped", "POD_NAMESPACE": namespace}) as process:
+        process.start()
 
         def leading() -> str | None:
-            text = httpx.get(url, timeout=2).text
+            text = process.metrics()
             return text if 'leader_election_master_status{name="nimbus-kubearmor-leader"} 1.0' \
                 in text else None
         return wait_for(leading, 30, "the reconciler to lead and export its metrics")  # type: ignore[no-any-return]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_dashboard_and_alerts_query_only_exported_metrics(scrape: str) -> None:

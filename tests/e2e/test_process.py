@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,10 @@ from typing import Any
 
 import httpx
 
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
+from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,23 +93,16 @@ def _get(url: str) -> httpx.Response:
 
 async def test_controller_process_probes_metrics_and_sigterm(
         api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
-    metrics_port, probe_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--kubeconfig", str(reconciler_kubeconfig),
-         "--namespace", namespace, "--metrics-bind-address", f"127.0.0.1:{metrics_port}",
-         "--health-probe-bind-address", f"127.0.0.1:{probe_port}", "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        probes = f"http://127.0.0.1:{probe_port}"
-        wait_for(lambda: _get(f"{probes}/readyz").status_code == 200, 30, "/readyz")
-        assert _get(f"{probes}/healthz").text == "ok"
+    with ReconcilerProcess(reconciler_kubeconfig, namespace, "--workers", "2") as process:
+        process.start()
+        wait_for(process.ready, 30, "/readyz")
+        assert _get(f"http://127.0.0.1:{process.probe_port}/healthz").text == "ok"
         await create_nimbus_policy(api, namespace, "web", [rule("escapeToHost")])
 
         async def converged() -> bool:
             return len(await policy_names(api, namespace)) == 3
         await eventually(converged, what="the process to create three policies")
-        scrape = _get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        scrape = process.metrics()
         for name in ("workqueue_depth", "workqueue_adds_total", "workqueue_queue_duration_seconds",
                      "workqueue_work_duration_seconds", "workqueue_unfinished_work_seconds",
                      "workqueue_longest_running_processor_seconds", "workqueue_retries_total",
@@ -123,14 +116,10 @@ async def test_controller_process_probes_metrics_and_sigterm(
             in scrape
         assert "_created" not in scrape
         sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert process.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - sent < 5
-    finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate(timeout=10)
-    lines: list[dict[str, Any]] = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+        lines: list[dict[str, Any]] = [json.loads(line) for line in process.log_text().splitlines()
+                                       if line.strip()]
     messages = [line["msg"] for line in lines]
     assert "caches synced" in messages and "stopping" in messages and messages[-1] == "stopped"
     reconciled = next(line for line in lines if line["msg"] == "reconciled")
