@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -16,11 +15,11 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from .controller import Controller, ControllerConfig, Outcome, summary_counts
 from .kube import KubeClient
 from .leaderelection import LeaderElectionConfig, LeaderElector
+from .manager import Manager
 from .metrics import Metrics
 from .server import Servers
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_S = 4.0  # in-flight reconciles get this long after SIGTERM
 
 
 @attrs.frozen
@@ -30,6 +29,7 @@ class RunOptions:
     metrics_bind_address: str = ":8080"
     health_probe_bind_address: str = ":8081"
     leader_election: LeaderElectionConfig | None = None  # None: no election, always reconcile
+    shutdown_grace: float = 4.0  # reconciles under way get this long to finish after SIGTERM
 
 
 def process_registry() -> CollectorRegistry:
@@ -47,54 +47,22 @@ async def connect(kubeconfig: str | None) -> KubeClient:
 
 
 async def run_controller(options: RunOptions, metrics: Metrics | None = None) -> int:
-    """Exit status 0 after SIGTERM/SIGINT, 1 when leadership was lost (as controller-runtime
-    exits, so the pod restarts as a standby rather than write without the lease)."""
+    """Exit status 0 after SIGTERM/SIGINT, 1 when leadership was lost (see manager.py)."""
     metrics = metrics or Metrics(process_registry())
     client = await connect(options.kubeconfig)
     controller = Controller(client, metrics, options.controller)
     elector = (LeaderElector(client, options.leader_election, metrics)
                if options.leader_election is not None else None)
+    manager: Manager | None = None
 
     def readiness() -> list[str]:
-        if elector is not None and not elector.is_leader:  # a standby is ready if it can see
-            return [] if elector.healthy else ["leader election: the API server is unreachable"]
-        return controller.readiness()
+        assert manager is not None
+        return manager.readiness()
 
     servers = Servers(metrics.registry, readiness, options.metrics_bind_address,
                       options.health_probe_bind_address)
-    await servers.start()
-    log.info("started", extra={"listening": [f"{h}:{p}" for h, p in servers.bound],
-                               "namespaces": list(options.controller.namespaces) or "all",
-                               "workers": options.controller.workers,
-                               "leader_election": elector is not None})
-    lost = False
-    try:
-        async with anyio.create_task_group() as tasks:
-
-            async def lead() -> None:
-                nonlocal lost
-                if elector is None:
-                    await controller.run()
-                    return
-                await elector.acquire()
-                tasks.start_soon(controller.run)
-                await elector.keep_renewing()
-                lost = True  # stop every write at once: cancel everything
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(lead)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                    break
-            await controller.shutdown(SHUTDOWN_GRACE_S)
-            if elector is not None:
-                await elector.release()
-            tasks.cancel_scope.cancel()
-    finally:
-        await servers.stop()
-    log.info("stopped", extra={"leadership_lost": lost})
-    return 1 if lost else 0
+    manager = Manager(controller, servers, elector, options.shutdown_grace)
+    return await manager.run()
 
 
 async def run_once(options: RunOptions, out: TextIO = sys.stdout) -> int:

@@ -1,7 +1,12 @@
 """The NimbusPolicy controller, readable top to bottom as kubernetes/sample-controller:
 event handlers only enqueue "namespace/name" keys; workers take keys from the queue and call
-`reconcile`, which reads the caches, computes the desired KubeArmorPolicies and converges
-the cluster to them. Level-triggered: a reconcile never depends on which event caused it.
+`reconcile`, which converges the cluster to what the NimbusPolicy requires, level-triggered
+(it never depends on which event caused it), in four steps:
+
+    read    the NimbusPolicy, the policies it controls and what it remembers of it (caches only)
+    plan    pure: desired policies, the diff, names held by others, every problem, drift pauses
+    write   create / patch / delete what differs, then the status
+    report  Events, log lines and metrics for everything the plan and the writes found
 """
 
 from __future__ import annotations
@@ -16,23 +21,11 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import TaskStatus
 
-from .builder import desired_policies
+from .cached import CachedNimbusPolicy, CachedPolicy
 from .clock import Clock, MonotonicClock
-from .diff import (
-    Fingerprint,
-    PolicyDiff,
-    PolicyUpdate,
-    controller_of,
-    diff_policies,
-    fingerprint,
-    is_orphan,
-    keep_spec_digest,
-    needs_reconcile,
-    owner_key,
-    repair_patch,
-    status_patch,
-)
+from .diff import PolicyUpdate, is_orphan, needs_reconcile, repair_patch, status_patch
 from .events import ProblemReporter
+from .keystate import KeyState, KeyStates
 from .kube import (
     JSON_PATCH,
     KUBEARMOR_POLICIES,
@@ -43,23 +36,16 @@ from .kube import (
     api_error,
 )
 from .metrics import Metrics
-from .model import MANAGED_BY_KEY, MANAGED_BY_VALUE, KubeArmorPolicy, to_dict
-from .parse import parse_nimbus_policy
+from .model import KubeArmorPolicy, to_dict
+from .plan import Desired, Plan, build_desired, plan_reconcile
 from .problems import Problem, ProblemKind
 from .reflector import Reflector
-from .store import Change, Obj, Store, object_key
+from .store import Change, Store
 from .workqueue import Priority, QueueShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 CONTROLLER = "nimbuspolicy"
 FIELD_MANAGER = "nimbus-kubearmor"
-# Someone else (another controller, a GitOps tool) keeps changing a NimbusPolicy's policies
-# back: the first correction is immediate, the next ones wait 0.1 s, 0.2 s, ... up to 10 s
-# after the previous, and a minute without drift forgives it. A write per change would be a
-# fight with no end; this keeps our side of it to a few writes a minute.
-DRIFT_PAUSE_BASE = 0.1
-DRIFT_PAUSE_MAX = 10.0
-DRIFT_FORGIVEN_AFTER = 60.0
 
 
 @attrs.frozen
@@ -70,16 +56,7 @@ class ControllerConfig:
     resync_period: float = 600.0  # every NimbusPolicy is reconciled at least this often
     watch_read_timeout: float = 90.0
     watch_timeout: tuple[int, int] = (300, 600)
-
-
-@attrs.frozen
-class Desired:
-    """The policies a NimbusPolicy requires, the problems found in it, and the fingerprint of
-    each policy (their JSON is rendered only to be written)."""
-
-    policies: tuple[KubeArmorPolicy, ...]
-    problems: tuple[Problem, ...]
-    fingerprints: dict[str, Fingerprint]
+    page_size: int = 500
 
 
 @attrs.define
@@ -94,7 +71,7 @@ class Outcome:
     status_written: bool = False
     problems: list[Problem] = attrs.Factory(list)
     errors: list[ApiError] = attrs.Factory(list)
-    skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan
+    skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan, ...
     deferred: float = 0.0  # drift left for later (seconds), as someone keeps reintroducing it
 
     @property
@@ -106,6 +83,15 @@ class Outcome:
         return bool(self.created or self.updated or self.deleted or self.status_written)
 
 
+class NamespaceTerminating(Exception):
+    """A write was refused because the namespace is being deleted: every later one would be."""
+
+
+def _controller_uid(policy: CachedPolicy) -> list[str]:
+    controller = policy.controller
+    return [controller.uid] if controller is not None and controller.is_nimbus_policy else []
+
+
 class Controller:
     def __init__(self, client: KubeClient, metrics: Metrics, config: ControllerConfig | None = None,
                  clock: Clock | None = None) -> None:
@@ -114,63 +100,57 @@ class Controller:
         self.config = config or ControllerConfig()
         self.clock = clock or MonotonicClock()
         self.queue = WorkQueue(CONTROLLER, self.clock, metrics=metrics.queue(CONTROLLER, CONTROLLER))
-        self.nimbus_policies = Store()
-        self.kubearmor_policies = Store(index=lambda obj: [k] if (k := owner_key(obj)) else [],
-                                        transform=keep_spec_digest)
+        self.nimbus_policies: Store[CachedNimbusPolicy] = Store()
+        # Every KubeArmorPolicy in scope, not only ours: ownership is the controller reference,
+        # so a policy whose label was removed, or someone else's holding a name we need, stays
+        # in sight (and its changes and deletion reach us).
+        self.kubearmor_policies: Store[CachedPolicy] = Store(index=_controller_uid)
+        self.states = KeyStates()
         self.reporter = ProblemReporter(client, metrics, self.config.dry_run)
         scopes: Sequence[str | None] = self.config.namespaces or (None,)
-        self.reflectors = [
-            reflector for namespace in scopes for reflector in (
-                Reflector(client, NIMBUS_POLICIES, namespace, self.nimbus_policies,
-                          self.on_nimbus_policy, metrics, clock=self.clock,
-                          read_timeout=self.config.watch_read_timeout,
-                          watch_timeout=self.config.watch_timeout),
-                Reflector(client, KUBEARMOR_POLICIES, namespace, self.kubearmor_policies,
-                          self.on_kubearmor_policy, metrics, clock=self.clock,
-                          label_selector=f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}",
-                          read_timeout=self.config.watch_read_timeout,
-                          watch_timeout=self.config.watch_timeout),
-            )
-        ]
+        self.reflectors: list[Reflector[Any]] = []
+        for namespace in scopes:
+            self.reflectors.append(Reflector(
+                client, NIMBUS_POLICIES, namespace, self.nimbus_policies,
+                CachedNimbusPolicy.from_json, self.on_nimbus_policy, metrics, clock=self.clock,
+                read_timeout=self.config.watch_read_timeout, watch_timeout=self.config.watch_timeout,
+                page_size=self.config.page_size))
+            self.reflectors.append(Reflector(
+                client, KUBEARMOR_POLICIES, namespace, self.kubearmor_policies,
+                CachedPolicy.from_json, self.on_kubearmor_policy, metrics, clock=self.clock,
+                read_timeout=self.config.watch_read_timeout, watch_timeout=self.config.watch_timeout,
+                page_size=self.config.page_size))
         self._gauges = (metrics.max_concurrent_reconciles.labels(CONTROLLER),
                         metrics.active_workers.labels(CONTROLLER))
-        self._stopping = False  # set by shutdown(): workers take no new keys
-        # What each NimbusPolicy requires, by key, for the (uid, generation) it was built from:
-        # the builder's input is the spec, name, namespace and uid, so a resync or an event
-        # about its policies reuses it rather than building and rendering it again.
-        self._desired: dict[str, tuple[tuple[str, int], Desired]] = {}
-        # By key: the (uid, generation) last converged, and (corrections in a row, when the last
-        # was made) for the drift corrections made since.
-        self._converged: dict[str, tuple[str, int]] = {}
-        self._drift: dict[str, tuple[int, float]] = {}
+        self._stopping = False  # set by stop(): workers take no new keys
+        self._workers: anyio.CancelScope | None = None  # while workers run
+        self._workers_done = anyio.Event()
 
     # --- event handlers: they only say which key to look at --------------------------------------
 
-    def on_nimbus_policy(self, change: Change, old: Obj | None, new: Obj | None,
-                         from_list: bool) -> None:
+    def on_nimbus_policy(self, change: Change, old: CachedNimbusPolicy | None,
+                         new: CachedNimbusPolicy | None, from_list: bool) -> None:
         if change is Change.UPDATED and not needs_reconcile(old, new):
             return  # a status write (ours included) cannot change what is desired
         obj = new if new is not None else old
         assert obj is not None
-        key = object_key(obj)
-        if change is Change.DELETED:
-            self.reporter.forget(key)
-            for cache in (self._desired, self._converged, self._drift):
-                cache.pop(key, None)
-        self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
+        self.queue.add(obj.key, Priority.BACKLOG if from_list else Priority.LIVE)
 
-    def on_kubearmor_policy(self, change: Change, old: Obj | None, new: Obj | None,
-                            from_list: bool) -> None:
-        owners = {owner_key(obj) for obj in (old, new) if obj is not None}
-        for key in owners - {None}:
-            assert key is not None
-            self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
+    def on_kubearmor_policy(self, change: Change, old: CachedPolicy | None,
+                            new: CachedPolicy | None, from_list: bool) -> None:
+        keys = {policy.owner_key for policy in (old, new) if policy is not None}
+        policy = new if new is not None else old
+        assert policy is not None
+        keys.add(self.states.claimant(policy.key))  # someone else's, holding a name we need
+        for key in keys:
+            if key is not None:
+                self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
 
     # --- running ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Reflectors, then (once every cache is synced) the workers and the periodic resync.
-        Returns when the queue is shut down and drained; cancel it to stop at once."""
+        """Reflectors, then (once every cache has listed) the workers and the periodic resync.
+        Returns after `stop()`; cancel it to stop at once."""
         async with anyio.create_task_group() as reflectors:
             for reflector in self.reflectors:
                 reflectors.start_soon(reflector.run)
@@ -180,11 +160,15 @@ class Controller:
                                              "workers": self.config.workers})
             task_status.started()
             self._gauges[0].set(self.config.workers)
-            async with anyio.create_task_group() as workers:
-                for _ in range(self.config.workers):
-                    workers.start_soon(self._worker)
-                reflectors.start_soon(self._resync)
-            reflectors.cancel_scope.cancel()  # the queue is drained: nothing reads the caches
+            reflectors.start_soon(self._resync)
+            try:
+                with anyio.CancelScope() as self._workers:
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(self.config.workers):
+                            workers.start_soon(self._worker)
+            finally:
+                self._workers_done.set()
+            reflectors.cancel_scope.cancel()  # the workers are done: nothing reads the caches
 
     async def wait_synced(self) -> None:
         for reflector in self.reflectors:
@@ -192,16 +176,28 @@ class Controller:
 
     def readiness(self) -> list[str]:
         """Why the controller is not ready; empty when it is."""
-        return [f"{r.resource.plural} in {r.scope}: " + ("not synced" if not r.synced.is_set()
+        return [f"{r.resource.plural} in {r.scope}: " + ("not listed yet" if not r.synced.is_set()
                                                           else "watch not established")
                 for r in self.reflectors if not (r.synced.is_set() and r.watching)]
 
-    async def shutdown(self, grace: float) -> None:
-        """Take no new keys and let in-flight reconciles finish, for at most `grace` seconds.
-        What is still queued is not lost: the next process lists and reconciles everything."""
+    async def stop(self, grace: float) -> bool:
+        """Take no new keys; let the reconciles under way finish for at most `grace` seconds,
+        then cancel them; return once no worker runs. True when every reconcile finished, False
+        when some were cancelled: a request already sent may still be applied by the server, so
+        a leader should then not hand its Lease over early. What is still queued is not lost:
+        the next leader or process lists and reconciles everything."""
         self._stopping = True
+        finished = True
         with anyio.move_on_after(grace):
             await self.queue.shutdown_and_drain()
+        if self.queue.processing:
+            finished = False
+            log.warning("reconciles still running at shutdown were cancelled",
+                        extra={"nimbuspolicies": sorted(self.queue.processing)})
+        if self._workers is not None:
+            self._workers.cancel()
+            await self._workers_done.wait()
+        return finished
 
     async def _resync(self) -> None:
         while True:
@@ -257,153 +253,126 @@ class Controller:
 
     async def reconcile(self, key: str) -> Outcome:
         outcome = Outcome(key)
+        # read
         nimbus_policy = self.nimbus_policies.get(key)
         if nimbus_policy is None:
-            outcome.skipped = "deleted"  # the garbage collector removes its policies
+            self.states.forget(key)  # the garbage collector removes its policies
+            outcome.skipped = "deleted"
             return outcome
-        metadata = nimbus_policy["metadata"]
-        if metadata.get("deletionTimestamp"):
+        if nimbus_policy.deleting:
             outcome.skipped = "being deleted"
             return outcome
         if is_orphan(nimbus_policy):
             outcome.skipped = "orphan: not controlled by a (Cluster)SecurityIntentBinding"
             return outcome
+        state = self.states.get(key)
+        if state.namespace_terminating == nimbus_policy.uid:
+            outcome.skipped = "its namespace is being deleted"
+            return outcome
+        desired = self._desired(nimbus_policy, state)
+        owned = self.kubearmor_policies.by_index(nimbus_policy.uid)
 
-        wanted = self._desired_for(key, nimbus_policy)
-        desired, problems = wanted.policies, list(wanted.problems)
-        owned = [obj for obj in self.kubearmor_policies.by_index(key)
-                 if (controller_of(obj) or {}).get("uid") == metadata["uid"]]
-        namespace = metadata["namespace"]
-        diff = diff_policies(desired, owned,
-                             lambda name: self.kubearmor_policies.get(f"{namespace}/{name}"),
-                             wanted.fingerprints)
-        problems += self._conflict_problems(key, diff, outcome)
-        outcome.problems = list(problems)
-        await self._report(nimbus_policy, outcome)
+        # plan
+        plan = plan_reconcile(nimbus_policy, desired, owned, self._named(nimbus_policy.namespace),
+                              converged=state.converged, streak=state.drift, now=self.clock.now())
+        self.states.set_claims(key, plan.claims)
+        outcome.problems = list(plan.problems)
+        outcome.unchanged = len(plan.diff.unchanged)
+        outcome.errors += [ApiError(409, "AlreadyExists", f"{name} still belongs to a deleted "
+                                    "NimbusPolicy of this name; waiting for the garbage collector")
+                           for name in plan.waiting_for_gc]
+        if plan.defer:
+            outcome.deferred = plan.defer
+            self.queue.add_after(key, plan.defer)
+            return outcome
+        if plan.drift is not None:
+            state.drift = plan.drift.streak
+            if plan.drift.insisting:
+                log.warning("policies keep being changed by someone else; correcting them with "
+                            "growing pauses", extra={"nimbuspolicy": key,
+                                                     "corrections": plan.drift.streak.corrections})
 
-        existing = set(diff.unchanged)
-        outcome.unchanged = len(diff.unchanged)
-        listed = {e.removeprefix("KubeArmorPolicy/") for e in
-                  (nimbus_policy.get("status") or {}).get("adapterPolicies") or []}
-        version = (metadata["uid"], int(metadata.get("generation") or 0))
-        drifted = bool(diff.update or any(p.name in listed for p in diff.create))
-        if drifted and self._converged.get(key) == version:  # ours changed, not the intent
-            pause = self._drift_pause(key)
-            if pause > 0:
-                outcome.deferred = pause
-                self.queue.add_after(key, pause)
-                return outcome
-        for policy in diff.create:
-            if await self._create(policy, outcome, was_listed=policy.name in listed):
-                existing.add(policy.name)
-        for update in diff.update:
-            await self._patch(update, outcome)
-            existing.add(update.desired.name)  # patched or not, it exists
-        for obj in diff.delete:
-            await self._delete(obj, outcome)
-        await self._write_status(nimbus_policy, [p.name for p in desired if p.name in existing],
-                                 outcome)
+        try:
+            # write
+            await self._write(nimbus_policy, desired, plan, outcome)
+            # report
+            if state.reported_version != nimbus_policy.version:
+                state.reported_version, state.reported = nimbus_policy.version, set()
+            try:
+                await self.reporter.report(nimbus_policy, outcome.problems, state.reported)
+            except ApiError as error:
+                self._failed("create", "events", error, outcome)
+        except NamespaceTerminating:
+            # Not a failure to retry: nothing can be created there any more, and the namespace
+            # controller deleting our policies is not someone fighting us. The NimbusPolicy's
+            # own deletion comes next.
+            state.namespace_terminating = nimbus_policy.uid
+            log.info("namespace is being deleted; waiting for the NimbusPolicy to go",
+                     extra={"nimbuspolicy": key})
+            outcome.skipped = "its namespace is being deleted"
+            outcome.errors.clear()
+            return outcome
         if not outcome.failed:
-            self._converged[key] = version
+            state.converged = nimbus_policy.version
         return outcome
 
-    def _drift_pause(self, key: str) -> float:
-        """Seconds to wait before correcting this NimbusPolicy's policies again (0: now)."""
-        now = self.clock.now()
-        streak, last = self._drift.get(key, (0, -DRIFT_FORGIVEN_AFTER - 1))
-        if now - last > DRIFT_FORGIVEN_AFTER:
-            streak = 0
-        pause = 0.0 if streak == 0 else min(DRIFT_PAUSE_BASE * 2 ** (streak - 1), DRIFT_PAUSE_MAX)
-        if now < last + pause:
-            return last + pause - now
-        if streak >= 2:
-            log.warning("policies keep being changed by someone else; correcting them with "
-                        "growing pauses", extra={"nimbuspolicy": key, "corrections": streak + 1,
-                                                 "next_pause_s": min(pause * 2, DRIFT_PAUSE_MAX)})
-        self._drift[key] = (streak + 1, now)
-        return 0.0
-
-    def _desired_for(self, key: str, nimbus_policy: Obj) -> Desired:
-        metadata = nimbus_policy["metadata"]
-        version = (metadata["uid"], int(metadata.get("generation") or 0))
-        cached = self._desired.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        parsed, problems = parse_nimbus_policy(nimbus_policy)
-        policies: tuple[KubeArmorPolicy, ...] = ()
-        if parsed is not None:
-            policies, build_problems = desired_policies(parsed)
-            problems += build_problems
-        desired = Desired(policies, problems, {p.name: fingerprint(p) for p in policies})
-        self._desired[key] = (version, desired)
+    def _desired(self, nimbus_policy: CachedNimbusPolicy, state: KeyState) -> Desired:
+        if state.desired is not None and state.desired[0] == nimbus_policy.version:
+            return state.desired[1]
+        desired = build_desired(nimbus_policy)
+        state.desired = (nimbus_policy.version, desired)
         return desired
+
+    def _named(self, namespace: str) -> Any:
+        return lambda name: self.kubearmor_policies.get(f"{namespace}/{name}")
 
     # --- the writes ------------------------------------------------------------------------------
 
-    def _conflict_problems(self, key: str, diff: PolicyDiff, outcome: Outcome) -> list[Problem]:
-        problems = []
-        for conflict in diff.conflicts:
-            name = conflict.desired.name
-            if conflict.transient:  # the previous NimbusPolicy of this name; GC removes it
-                outcome.errors.append(ApiError(409, "AlreadyExists",
-                                               f"{name} still belongs to a deleted NimbusPolicy"))
-                continue
-            problems.append(Problem(ProblemKind.NAME_TAKEN, key, "metadata.name",
-                                    f"KubeArmorPolicy {name} exists and is controlled by "
-                                    f"{conflict.holder}; it is left alone"))
-        return problems
-
-    async def _report(self, nimbus_policy: Obj, outcome: Outcome) -> None:
-        try:
-            await self.reporter.report(nimbus_policy, outcome.problems)
-        except ApiError as error:
-            self._failed("create", "events", error, outcome)
+    async def _write(self, nimbus_policy: CachedNimbusPolicy, desired: Desired, plan: Plan,
+                     outcome: Outcome) -> None:
+        existing = set(plan.diff.unchanged)
+        for policy in plan.diff.create:
+            if await self._create(policy, outcome, nimbus_policy.adapter_policies):
+                existing.add(policy.name)
+        for update in plan.diff.update:
+            await self._patch(update, outcome)
+            existing.add(update.desired.name)  # patched or not, it exists
+        for stale in plan.diff.delete:
+            await self._delete(stale, outcome)
+        await self._write_status(nimbus_policy, [p.name for p in desired.policies
+                                                 if p.name in existing], outcome)
 
     def _failed(self, verb: str, resource: str, error: ApiError, outcome: Outcome) -> None:
         self.metrics.write_errors.labels(verb, str(error.status)).inc()
+        if error.namespace_terminating:
+            raise NamespaceTerminating(str(error))
         outcome.errors.append(error)
+        if error.status in (403, 422):  # refused, not failed: say so where the user looks
+            outcome.problems.append(Problem(
+                ProblemKind.WRITE_REFUSED, outcome.key, "spec.rules",
+                f"{verb} of {resource} was refused by the API server: {error}"))
 
     def _wrote(self, verb: str, resource: str) -> None:
         self.metrics.policy_writes.labels(verb, resource).inc()
 
-    async def _create(self, policy: KubeArmorPolicy, outcome: Outcome, was_listed: bool) -> bool:
-        if was_listed:
+    async def _create(self, policy: KubeArmorPolicy, outcome: Outcome,
+                      listed: Sequence[str]) -> bool:
+        if f"KubeArmorPolicy/{policy.name}" in listed:
             self.metrics.drift_corrections.labels("missing").inc()
         if self.config.dry_run:
             outcome.created.append(policy.name)
             return True
-        namespace = policy.metadata.namespace
         try:
-            created = await self.client.create(KUBEARMOR_POLICIES, namespace, to_dict(policy),
-                                               FIELD_MANAGER)
+            created = await self.client.create(KUBEARMOR_POLICIES, policy.metadata.namespace,
+                                               to_dict(policy), FIELD_MANAGER)
         except ApiError as error:
-            if not error.already_exists:
-                self._failed("create", "kubearmorpolicies", error, outcome)
-                return False
-            return await self._adopt_existing(policy, outcome)
+            # AlreadyExists: the cache has not seen it yet; the next try (after a backoff) will
+            self._failed("create", f"KubeArmorPolicy {policy.name}", error, outcome)
+            return False
         self._wrote("create", "kubearmorpolicies")
-        self.kubearmor_policies.upsert(created)
+        self.kubearmor_policies.upsert(CachedPolicy.from_json(created))
         outcome.created.append(policy.name)
         return True
-
-    async def _adopt_existing(self, policy: KubeArmorPolicy, outcome: Outcome) -> bool:
-        """The name exists though our cache did not show it (the cache lags our own writes, or
-        the object lost our label): read it and treat it as the diff says."""
-        namespace = policy.metadata.namespace
-        try:
-            actual = await self.client.get(KUBEARMOR_POLICIES, namespace, policy.name)
-        except ApiError as error:
-            self._failed("get", "kubearmorpolicies", error, outcome)
-            return False
-        if actual is None:  # deleted meanwhile: the next try creates it
-            outcome.errors.append(ApiError(409, "AlreadyExists", f"{policy.name} was just deleted"))
-            return False
-        self.kubearmor_policies.upsert(actual)
-        diff = diff_policies([policy], [], lambda _: actual)
-        outcome.problems += self._conflict_problems(outcome.key, diff, outcome)
-        if diff.update:
-            return await self._patch(diff.update[0], outcome)
-        return bool(diff.unchanged)
 
     async def _patch(self, update: PolicyUpdate, outcome: Outcome) -> bool:
         """True when the policy is now as desired."""
@@ -417,45 +386,41 @@ class Controller:
             patched = await self.client.patch(KUBEARMOR_POLICIES, update.desired.metadata.namespace,
                                               name, repair_patch(update), JSON_PATCH, FIELD_MANAGER)
         except ApiError as error:
-            self._failed("patch", "kubearmorpolicies", error, outcome)
-            if error.conflict:
-                # Our copy is stale. Forget it rather than wait for the watch: an object that
-                # lost our label is outside the watch, and the next try reads it afresh.
-                self.kubearmor_policies.delete(object_key(update.actual))
+            # Conflict: our copy is stale; the watch brings the new one and the next try uses it
+            self._failed("patch", f"KubeArmorPolicy {name}", error, outcome)
             return False
         self._wrote("patch", "kubearmorpolicies")
-        self.kubearmor_policies.upsert(patched)
+        self.kubearmor_policies.upsert(CachedPolicy.from_json(patched))
         outcome.updated.append(f"{name} ({', '.join(update.fields)})")
         return True
 
-    async def _delete(self, obj: Obj, outcome: Outcome) -> None:
-        metadata = obj["metadata"]
+    async def _delete(self, policy: CachedPolicy, outcome: Outcome) -> None:
         if not self.config.dry_run:
             try:
-                await self.client.delete(KUBEARMOR_POLICIES, metadata["namespace"],
-                                         metadata["name"], uid=metadata.get("uid"))
+                await self.client.delete(KUBEARMOR_POLICIES, policy.namespace, policy.name,
+                                         uid=policy.uid)
             except ApiError as error:
-                self._failed("delete", "kubearmorpolicies", error, outcome)
+                self._failed("delete", f"KubeArmorPolicy {policy.name}", error, outcome)
                 return
             self._wrote("delete", "kubearmorpolicies")
-            self.kubearmor_policies.delete(object_key(obj))
-        outcome.deleted.append(metadata["name"])
+            self.kubearmor_policies.delete(policy.key, uid=policy.uid)
+        outcome.deleted.append(policy.name)
 
-    async def _write_status(self, nimbus_policy: Obj, names: list[str], outcome: Outcome) -> None:
+    async def _write_status(self, nimbus_policy: CachedNimbusPolicy, names: list[str],
+                            outcome: Outcome) -> None:
         patch = status_patch(nimbus_policy, names)
         if patch is None:
             return
         if not self.config.dry_run:
-            metadata = nimbus_policy["metadata"]
             try:
-                written = await self.client.patch(NIMBUS_POLICIES, metadata["namespace"],
-                                                  metadata["name"], patch, MERGE_PATCH,
+                written = await self.client.patch(NIMBUS_POLICIES, nimbus_policy.namespace,
+                                                  nimbus_policy.name, patch, MERGE_PATCH,
                                                   FIELD_MANAGER, subresource="status")
             except ApiError as error:
                 self._failed("patch", "nimbuspolicies/status", error, outcome)
                 return
             self._wrote("patch", "nimbuspolicies/status")
-            self.nimbus_policies.upsert(written)
+            self.nimbus_policies.upsert(CachedNimbusPolicy.from_json(written))
         outcome.status_written = True
 
 

@@ -15,10 +15,10 @@ import hashlib
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
+from .cached import CachedNimbusPolicy
 from .kube import EVENTS, ApiError, KubeClient
 from .metrics import Metrics
 from .problems import Problem
@@ -37,75 +37,71 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
-def event_name(nimbus_policy: dict[str, Any], problem: Problem) -> str:
-    metadata = nimbus_policy["metadata"]
-    identity = "\0".join((metadata["uid"], str(metadata.get("generation", 0)), problem.kind.value,
+def event_name(nimbus_policy: CachedNimbusPolicy, problem: Problem) -> str:
+    identity = "\0".join((nimbus_policy.uid, str(nimbus_policy.generation), problem.kind.value,
                           problem.field, problem.message))
-    return f"{metadata['name'][:200]}.{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    return f"{nimbus_policy.name[:200]}.{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
 class ProblemReporter:
+    """Posts Events; remembers nothing itself (the caller passes and keeps what was reported)."""
+
     def __init__(self, client: KubeClient | None, metrics: Metrics, dry_run: bool = False) -> None:
         self.client = client
         self.metrics = metrics
         self.dry_run = dry_run
         self.instance = socket.gethostname()
-        # NimbusPolicy key -> (uid, generation) whose problems are reported
-        self._reported: dict[str, tuple[str, int]] = {}
 
-    def forget(self, key: str) -> None:
-        self._reported.pop(key, None)
-
-    async def report(self, nimbus_policy: dict[str, Any], problems: Sequence[Problem]) -> None:
-        """Raises ApiError if an Event could not be posted (the reconcile is retried)."""
-        metadata = nimbus_policy["metadata"]
-        key = f"{metadata['namespace']}/{metadata['name']}"
-        version = (metadata["uid"], int(metadata.get("generation", 0)))
-        if not problems or self._reported.get(key) == version:
+    async def report(self, nimbus_policy: CachedNimbusPolicy, problems: Sequence[Problem],
+                     reported: set[str]) -> None:
+        """Report the problems whose Event names are not in `reported`, adding each to it as it
+        is reported. Raises ApiError if an Event could not be posted (the reconcile is retried;
+        what was reported before stays in `reported`)."""
+        names = [event_name(nimbus_policy, problem) for problem in problems]
+        if all(name in reported for name in names):
             return
-        posted = set() if self.client is None or self.dry_run else await self._posted(metadata)
-        for index, problem in enumerate(problems):
-            name = event_name(nimbus_policy, problem)
-            if name in posted:
-                continue  # reported before this process started
-            log.warning(str(problem), extra={
-                "nimbuspolicy": key, "generation": version[1], "problem": problem.kind.value,
-                "field": problem.field, "rule_index": problem.rule_index,
-                "rule_id": problem.rule_id})
-            self.metrics.problems.labels(problem.kind.value).inc()
-            if self.client is None or self.dry_run or index >= MAX_EVENTS:
+        if self.client is not None and not self.dry_run and not reported:
+            reported |= await self._posted(nimbus_policy)  # by this process before a restart
+        for index, (problem, name) in enumerate(zip(problems, names, strict=True)):
+            if name in reported:
                 continue
-            if index == MAX_EVENTS - 1 and len(problems) > MAX_EVENTS:
-                problem = attrs.evolve(problem, message=f"{problem.message} (and "
-                                       f"{len(problems) - MAX_EVENTS} more problems in this "
-                                       "NimbusPolicy; the reconciler's log lists them all)")
-            await self._post(nimbus_policy, problem, name)
-        self._reported[key] = version
+            log.warning(str(problem), extra={
+                "nimbuspolicy": nimbus_policy.key, "generation": nimbus_policy.generation,
+                "problem": problem.kind.value, "field": problem.field,
+                "rule_index": problem.rule_index, "rule_id": problem.rule_id})
+            self.metrics.problems.labels(problem.kind.value).inc()
+            if self.client is not None and not self.dry_run and len(reported) < MAX_EVENTS:
+                more = len(problems) - index - 1
+                if len(reported) == MAX_EVENTS - 1 and more:
+                    problem = attrs.evolve(problem, message=f"{problem.message} (and {more} more "
+                                           "problems in this NimbusPolicy; the reconciler's log "
+                                           "lists them all)")
+                await self._post(nimbus_policy, problem, name)
+            reported.add(name)
 
-    async def _posted(self, metadata: dict[str, Any]) -> set[str]:
+    async def _posted(self, nimbus_policy: CachedNimbusPolicy) -> set[str]:
         assert self.client is not None
-        events = await self.client.list(EVENTS, metadata["namespace"],
-                                        field_selector=f"involvedObject.uid={metadata['uid']}")
+        events = await self.client.list(EVENTS, nimbus_policy.namespace,
+                                        field_selector=f"involvedObject.uid={nimbus_policy.uid}")
         return {e["metadata"]["name"] for e in events.get("items") or []}
 
-    async def _post(self, nimbus_policy: dict[str, Any], problem: Problem, name: str) -> None:
+    async def _post(self, nimbus_policy: CachedNimbusPolicy, problem: Problem, name: str) -> None:
         assert self.client is not None
-        metadata = nimbus_policy["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": metadata["namespace"]},
-            "involvedObject": {"apiVersion": nimbus_policy.get("apiVersion"),
-                               "kind": "NimbusPolicy", "name": metadata["name"],
-                               "namespace": metadata["namespace"], "uid": metadata["uid"],
-                               "resourceVersion": metadata.get("resourceVersion")},
+            "metadata": {"name": name, "namespace": nimbus_policy.namespace},
+            "involvedObject": {"apiVersion": nimbus_policy.api_version, "kind": "NimbusPolicy",
+                               "name": nimbus_policy.name, "namespace": nimbus_policy.namespace,
+                               "uid": nimbus_policy.uid,
+                               "resourceVersion": nimbus_policy.resource_version},
             "reason": problem.kind.value, "message": _clip(f"{problem.field}: {problem.message}"),
             "type": "Warning", "count": 1, "firstTimestamp": now, "lastTimestamp": now,
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT, "reportingInstance": self.instance,
         }
         try:
-            await self.client.create(EVENTS, metadata["namespace"], event, COMPONENT)
+            await self.client.create(EVENTS, nimbus_policy.namespace, event, COMPONENT)
         except ApiError as error:
             if not error.already_exists:
                 raise

@@ -41,15 +41,37 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 class ApiError(Exception):
     """A failed request. `status` is the HTTP status, or 0 when no response came back
-    (connection refused or reset, timeout)."""
+    (connection refused or reset, timeout). `causes` are the Status body's
+    details.causes[].type values (e.g. NamespaceTerminating)."""
 
     def __init__(self, status: int, reason: str, message: str,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.causes = causes
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        """The error a non-2xx answer stands for, from its Kubernetes Status body when it has
+        one (a proxy or load balancer may answer with plain text or HTML instead)."""
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            parsed = response.json()
+            if isinstance(parsed, dict):
+                body = parsed
+        raw_details = body.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+        causes = tuple(str(c.get("type") or "") for c in details.get("causes") or []
+                       if isinstance(c, dict))
+        retry_after = _retry_after(response)
+        if retry_after is None and isinstance(details.get("retryAfterSeconds"), int | float):
+            retry_after = float(details["retryAfterSeconds"])
+        message = str(body.get("message") or response.text[:200].strip() or response.reason_phrase)
+        return cls(response.status_code, str(body.get("reason") or response.reason_phrase or "Error"),
+                   message, retry_after, causes)
 
     @property
     def gone(self) -> bool:
@@ -67,6 +89,22 @@ class ApiError(Exception):
     def not_found(self) -> bool:
         return self.status == 404
 
+    @property
+    def unauthorized(self) -> bool:
+        return self.status == 401
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """A write refused because its namespace is being deleted (NamespaceLifecycle)."""
+        return self.status == 403 and ("NamespaceTerminating" in self.causes
+                                       or "because it is being terminated" in self.message)
+
+    @property
+    def transient(self) -> bool:
+        """The connection or the server's load failed, not the request: the same request may
+        well succeed later (refused, reset, timed out, 429, 5xx)."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
 
 def _retry_after(response: httpx.Response | None) -> float | None:
     value = response.headers.get("Retry-After") if response is not None else None
@@ -80,13 +118,6 @@ def api_error(error: BaseException) -> ApiError | None:
     """The ApiError a kr8s or httpx exception stands for, or None if it is not an API failure."""
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, kr8s.ServerError):
-        response = error.response
-        status = response.status_code if response is not None else 0
-        body: dict[str, Any] = error.status if isinstance(error.status, dict) else {}
-        return ApiError(status, str(body.get("reason") or (response.reason_phrase if response
-                                                           is not None else "Error")),
-                        str(body.get("message") or error), _retry_after(response))
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
     if isinstance(error, httpx.TransportError | httpx.StreamError):
@@ -106,17 +137,52 @@ def _as_api_errors() -> Any:
 
 
 class KubeClient:
+    """Every request is made once (a 401 excepted, see below) and its failure raised as an
+    ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
+
+    kr8s is asked not to raise for statuses (`raise_for_status=False`): when it does, it treats
+    401 *and* 403 as expired credentials and re-authenticates up to three times, replacing its
+    one shared HTTP client and so closing every watch and request under way. A 403 is an answer
+    (RBAC, an admission policy, a namespace being deleted), never a reason to re-authenticate.
+    On a 401 the credentials are read again once (in a pod the kubelet rotates the token file)
+    and put on the shared client in place, and the request is tried once more."""
+
     def __init__(self, api: Any, request_timeout: float = 30.0) -> None:
         self.api = api
         self.request_timeout = httpx.Timeout(request_timeout)
+        # Bumped each time the credentials are read again: a request that failed with 401
+        # under an older generation retries without reading them once more.
+        self._credentials_generation = 0
+        self._credentials_lock = anyio.Lock()
+
+    async def _refresh_credentials(self, failed_under: int) -> None:
+        async with self._credentials_lock:
+            if self._credentials_generation != failed_under:
+                return  # another request read them meanwhile
+            self._credentials_generation += 1
+            await self.api.auth.reauthenticate()
+            # kr8s puts the token into its client's default headers when it creates the client;
+            # changing them there leaves the connections (and the watches on them) alone.
+            session = getattr(self.api, "_session", None)
+            if session is not None and self.api.auth.token:
+                session.headers["Authorization"] = f"Bearer {self.api.auth.token}"
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
-        with _as_api_errors():
-            async with self.api.call_api(method, version=resource.api_version,
-                                         namespace=namespace, url=url, **kwargs) as response:
-                return response.json() if response.content else {}
+        for attempt in range(2):
+            generation = self._credentials_generation
+            with _as_api_errors():
+                async with self.api.call_api(method, version=resource.api_version,
+                                             namespace=namespace, url=url,
+                                             raise_for_status=False, **kwargs) as response:
+                    if not response.is_error:
+                        return response.json() if response.content else {}
+                    error = ApiError.from_response(response)
+            if not (error.unauthorized and attempt == 0):
+                raise error
+            await self._refresh_credentials(generation)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _url(resource: Resource, name: str | None = None, subresource: str | None = None) -> str:
@@ -143,29 +209,24 @@ class KubeClient:
         if field_selector:
             params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
-        with _as_api_errors():
-            async with self.api.call_api("GET", version=resource.api_version, namespace=namespace,
-                                         url=self._url(resource), stream=True, params=params,
-                                         timeout=timeout) as response:
-
-                async def events() -> AsyncIterator[Obj]:
-                    lines = response.aiter_lines().__aiter__()
-                    with _as_api_errors():
-                        while True:
-                            # httpx's read timeout covers a silent socket; this also covers a
-                            # stream that trickles bytes but no whole event.
-                            try:
-                                with anyio.fail_after(read_timeout):
-                                    line = await lines.__anext__()
-                            except StopAsyncIteration:
-                                return
-                            except TimeoutError as silent:
-                                raise ApiError(0, "Timeout", f"watch stream silent for "
-                                               f"{read_timeout:.0f}s") from silent
-                            if line:
-                                yield json.loads(line)
-
-                yield events()
+        for attempt in range(2):
+            generation = self._credentials_generation
+            async with contextlib.AsyncExitStack() as stack:
+                with _as_api_errors():
+                    response = await stack.enter_async_context(self.api.call_api(
+                        "GET", version=resource.api_version, namespace=namespace,
+                        url=self._url(resource), stream=True, params=params, timeout=timeout,
+                        raise_for_status=False))
+                    error = None
+                    if response.is_error:
+                        await response.aread()
+                        error = ApiError.from_response(response)
+                if error is None:
+                    yield _events(response, read_timeout)
+                    return
+            if not (error.unauthorized and attempt == 0):
+                raise error
+            await self._refresh_credentials(generation)
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         try:
@@ -205,3 +266,20 @@ class KubeClient:
         except ApiError as error:
             if not error.not_found:
                 raise
+
+
+async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:
+    lines = response.aiter_lines().__aiter__()
+    with _as_api_errors():
+        while True:
+            # httpx's read timeout covers a silent socket; this also covers a stream that
+            # trickles bytes but no whole event.
+            try:
+                with anyio.fail_after(read_timeout):
+                    line = await lines.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as silent:
+                raise ApiError(0, "Timeout", f"watch stream silent for {read_timeout:.0f}s") from silent
+            if line:
+                yield json.loads(line)

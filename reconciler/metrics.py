@@ -80,8 +80,9 @@ class Metrics:
                                     "Failed API requests, by verb and HTTP status code",
                                     ("verb", "code"), registry=r)
         self.cache_synced = Gauge("nimbus_kubearmor_cache_synced",
-                                  "1 when the reflector of a resource has listed and is watching",
-                                  ("resource",), registry=r)
+                                  "1 when the reflector of a resource in a namespace scope (\"\" for "
+                                  "all) has listed and is watching", ("resource", "namespace"),
+                                  registry=r)
 
     def queue(self, name: str, controller: str) -> QueueMetrics:
         queue = QueueMetrics(name, controller)

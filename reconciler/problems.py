@@ -17,6 +17,8 @@ class ProblemKind(enum.Enum):
     BAD_PARAM = "BadParam"
     DUPLICATE_INTENT = "DuplicateIntent"
     NAME_TAKEN = "NameTaken"  # a policy name is held by an object this NimbusPolicy does not own
+    WRITE_REFUSED = "WriteRefused"  # the API server refused a write (403, 422): an admission
+    # policy, a quota, RBAC
 
 
 @attrs.frozen

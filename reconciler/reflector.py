@@ -1,32 +1,46 @@
-"""Keeps a Store equal to one resource type in one namespace scope, as client-go's reflector:
-paginated LIST, then WATCH from the list's resourceVersion with bookmarks and a server timeout.
-BOOKMARK only moves the resourceVersion; 410 Gone relists. A failed connection, a 429/5xx or a
-stream silent for longer than the bookmark period backs off (jittered, doubling) and watches
-again from the last resourceVersion (the server answers 410 if it is gone), so a blip costs no
-LIST of everything; any other error backs off and relists."""
+"""Keeps a Store equal to one resource type in one namespace scope: client-go's ListAndWatch,
+as one explicit loop.
+
+    needs list ──LIST (paginated; each page slimmed and stored as it arrives)──▶ watching
+    watching ──WATCH from the resourceVersion──▶ events applied, resourceVersion kept current
+    any failure ──next_step()──▶ relist at once | back off, then watch again | back off, then list
+
+There is one resourceVersion, `self.resource_version`: None means "needs a list". A watch is
+only ever opened from a resourceVersion a LIST or a watch event gave us, never from "" (which
+would make the server replay the whole collection as ADDED events, without a LIST ever
+completing). `synced` is set when a LIST has completed: until then the controller is not ready.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic
 
 import anyio
 
 from .clock import Clock, MonotonicClock
 from .kube import ApiError, KubeClient, Resource, api_error
 from .metrics import Metrics
-from .store import Change, Obj, Store, object_key
+from .store import Change, Store, V
 
 log = logging.getLogger(__name__)
 
 # (change, old, new, from_list): from_list is True for what the first LIST found
-Handler = Callable[[Change, Obj | None, Obj | None, bool], None]
+Handler = Callable[[Change, Any, Any, bool], None]
+Obj = dict[str, Any]
+
+# client-go's guard: a watch that ends within a second having delivered nothing is a failure
+# (a proxy or an overloaded server closing streams at once), not a normal end to reopen at once.
+SHORT_WATCH_SECONDS = 1.0
+# A second 410 this soon after the last one relists only after a backoff: never a hot loop.
+GONE_AGAIN_SECONDS = 1.0
 
 
 class Backoff:
-    """0.8 s doubling to 30 s, with jitter; back to the start after a healthy `reset_after`."""
+    """Doubling delays with jitter; back to the start after a healthy `reset_after`."""
 
     def __init__(self, clock: Clock, initial: float = 0.8, maximum: float = 30.0,
                  reset_after: float = 120.0, jitter: float = 1.0) -> None:
@@ -45,126 +59,207 @@ class Backoff:
         return delay * (1 + random.random() * self.jitter) if self.jitter else delay
 
 
-class Reflector:
+def startup_backoff(clock: Clock) -> Backoff:
+    """Before the first LIST has completed nothing works, so keep asking often (at most every
+    ~4 s): the controller is ready within seconds of the API server answering again."""
+    return Backoff(clock, initial=0.5, maximum=3.0, jitter=0.3)
+
+
+class WatchClosedAtOnce(Exception):
+    pass
+
+
+class Step(enum.Enum):
+    RELIST = "relist at once"
+    RELIST_AFTER_BACKOFF = "relist after a backoff"
+    REWATCH_AFTER_BACKOFF = "watch again after a backoff"
+
+
+def next_step(failure: BaseException, *, listed: bool, gone_recently: bool) -> Step:
+    """What follows a failed LIST or WATCH.
+
+    - 410 Gone (our resourceVersion was compacted away): only a LIST can say where we are.
+    - The connection or the server's load failed (refused, reset, silent, 429, 5xx) or the
+      watch closed at once: our position is still good, so watch again from it after a backoff
+      (the server answers 410 if it is gone meanwhile). A blip costs no LIST of everything.
+    - Anything else (403, 404: permissions or the CRD changed), or no LIST yet: list again,
+      after a backoff."""
+    if isinstance(failure, WatchClosedAtOnce):
+        return Step.REWATCH_AFTER_BACKOFF
+    error = api_error(failure)
+    if error is not None and error.gone:
+        return Step.RELIST_AFTER_BACKOFF if gone_recently else Step.RELIST
+    if listed and error is not None and error.transient:
+        return Step.REWATCH_AFTER_BACKOFF
+    return Step.RELIST_AFTER_BACKOFF
+
+
+def failure_reason(failure: BaseException) -> str:
+    """The `reason` label of nimbus_kubearmor_watch_restarts_total."""
+    if isinstance(failure, WatchClosedAtOnce):
+        return "closed-at-once"
+    error = api_error(failure)
+    if error is None:
+        return type(failure).__name__
+    if error.gone:
+        return "gone"
+    return str(error.status) if error.status else error.reason
+
+
+class Reflector(Generic[V]):
     def __init__(self, client: KubeClient, resource: Resource, namespace: str | None,
-                 store: Store, handler: Handler, metrics: Metrics, *,
-                 label_selector: str | None = None, page_size: int = 500,
+                 store: Store[V], transform: Callable[[Obj], V], handler: Handler,
+                 metrics: Metrics, *, page_size: int = 500,
                  watch_timeout: tuple[int, int] = (300, 600), read_timeout: float = 90.0,
-                 clock: Clock | None = None, backoff: Backoff | None = None) -> None:
+                 clock: Clock | None = None, backoff: Backoff | None = None,
+                 startup: Backoff | None = None) -> None:
         self.client = client
         self.resource = resource
         self.namespace = namespace
         self.store = store
+        self.transform = transform
         self.handler = handler
         self.metrics = metrics
-        self.label_selector = label_selector
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.read_timeout = read_timeout
         self.clock = clock or MonotonicClock()
         self.backoff = backoff or Backoff(self.clock)
-        self.synced = anyio.Event()  # set once the first LIST is in the store
-        self.watching = False  # a watch stream is open and healthy
+        self.startup_backoff = startup or startup_backoff(self.clock)
+        self.synced = anyio.Event()  # set once a LIST has completed
+        self.watching = False  # a watch stream is open
+        # Where the next watch starts; None: the next step is a LIST.
+        self.resource_version: str | None = None
         self._label = resource.plural
-        self._resource_version = ""  # the last resourceVersion seen: where a watch resumes
+        self._synced_gauge = metrics.cache_synced.labels(resource.plural, namespace or "")
+        self._synced_gauge.set(0)
 
     @property
     def scope(self) -> str:
         return self.namespace or "all namespaces"
 
     async def run(self) -> None:
-        resource_version: str | None = None  # None: the next step is a full LIST
         last_gone: float | None = None
         while True:
             try:
-                if resource_version is None:
-                    resource_version = await self._list()
-                self._resource_version = resource_version
+                if self.resource_version is None:
+                    await self.list_once()
                 await self._watch()
             except Exception as failure:
-                self.watching = False
-                error = api_error(failure) or ApiError(0, type(failure).__name__, str(failure))
-                reason = "gone" if error.gone else (str(error.status) if error.status else error.reason)
-                self.metrics.watch_restarts.labels(self._label, reason).inc()
+                self._set_watching(False)
                 now = self.clock.now()
-                if error.gone:
-                    resource_version = None
-                    # Expired: relist at once; expiring again straight after a relist would be
-                    # a hot loop, so that waits like any other failure.
-                    if last_gone is None or now - last_gone > 1.0:
-                        last_gone = now
-                        log.info("watch expired, relisting", extra={"resource": self._label,
-                                                                   "scope": self.scope})
-                        continue
-                elif error.status == 0 or error.status == 429 or error.status >= 500:
-                    # The connection, not our position, failed (refused, reset, silent, server
-                    # busy): watch again from where we were; the server says 410 if that is gone.
-                    resource_version = self._resource_version
-                else:
-                    resource_version = None
-                delay = self.backoff.next_delay()
-                log.warning("list/watch failed, retrying", exc_info=api_error(failure) is None,
+                step = next_step(failure, listed=self.resource_version is not None,
+                                 gone_recently=last_gone is not None
+                                 and now - last_gone < GONE_AGAIN_SECONDS)
+                reason = failure_reason(failure)
+                if reason == "gone":
+                    last_gone = now
+                self.metrics.watch_restarts.labels(self._label, reason).inc()
+                if step is not Step.REWATCH_AFTER_BACKOFF:
+                    self.resource_version = None
+                if step is Step.RELIST:
+                    log.info("watch expired, relisting", extra={"resource": self._label,
+                                                               "scope": self.scope})
+                    continue
+                delay = self._delay(failure)
+                error = api_error(failure)
+                log.warning("list/watch failed, retrying", exc_info=error is None and not
+                            isinstance(failure, WatchClosedAtOnce),
                             extra={"resource": self._label, "scope": self.scope,
-                                   "error": str(error), "retry_in_s": round(delay, 2),
-                                   "relist": resource_version is None})
+                                   "error": str(error or failure), "retry_in_s": round(delay, 2),
+                                   "next": step.value})
                 await anyio.sleep(delay)
 
-    async def list_once(self) -> str:
-        """One full LIST into the store; returns its resourceVersion."""
-        return await self._list()
+    def _delay(self, failure: BaseException) -> float:
+        backoff = self.backoff if self.synced.is_set() else self.startup_backoff
+        delay = backoff.next_delay()
+        error = api_error(failure)
+        if error is not None and error.retry_after:  # the server said when to come back
+            delay = max(delay, min(error.retry_after, backoff.maximum))
+        return delay
 
-    async def _list(self) -> str:
-        items: list[Obj] = []
+    def _set_watching(self, watching: bool) -> None:
+        self.watching = watching
+        self._synced_gauge.set(1 if watching and self.synced.is_set() else 0)
+
+    async def list_once(self) -> str:
+        """One full LIST into the store, page by page; sets and returns the resourceVersion
+        to watch from. Each page's objects are slimmed and stored as they arrive, so no more
+        than one page of full objects is ever held."""
+        first = not self.synced.is_set()
+        seen: set[str] = set()
         continue_token: str | None = None
+        limit: int | None = self.page_size
         while True:
-            page = await self.client.list(self.resource, self.namespace,
-                                          label_selector=self.label_selector,
-                                          limit=self.page_size, continue_token=continue_token)
-            items += page.get("items") or []
-            continue_token = page.get("metadata", {}).get("continue")
+            try:
+                page = await self.client.list(self.resource, self.namespace, limit=limit,
+                                              continue_token=continue_token)
+            except ApiError as error:
+                if not (error.gone and continue_token):
+                    raise
+                # The snapshot being paged through was compacted away: list it all in one
+                # request instead, as client-go's pager does (FullListIfExpired).
+                log.info("list continuation expired, listing in one request",
+                         extra={"resource": self._label, "scope": self.scope})
+                seen, continue_token, limit = set(), None, None
+                continue
+            items = page.get("items") or []
+            for item in items:
+                item.setdefault("apiVersion", self.resource.api_version)  # list items carry none
+                value = self.transform(item)
+                seen.add(value.key)
+                self._store(value, first)
+            del items
+            metadata = page.get("metadata") or {}
+            continue_token = metadata.get("continue") or None
             if not continue_token:
                 break
+            del page
+        for old in self.store.delete_unseen(seen, self.namespace):
+            self.handler(Change.DELETED, old, None, first)
         self.metrics.relists.labels(self._label).inc()
-        for item in items:  # list items carry no kind
-            item.setdefault("kind", self.resource.kind)
-            item.setdefault("apiVersion", self.resource.api_version)
-        first = not self.synced.is_set()
-        for change, old, new in self.store.replace(items, self.namespace):
-            self.handler(change, old, new, first)
+        self.resource_version = str(metadata.get("resourceVersion") or "")
+        if not self.resource_version:
+            raise ApiError(0, "NoResourceVersion", "the LIST's answer had no resourceVersion")
         self.synced.set()
-        return str(page["metadata"]["resourceVersion"])
+        return self.resource_version
+
+    def _store(self, value: V, from_list: bool) -> None:
+        result = self.store.upsert(value)
+        if result is not None:
+            change, old = result
+            self.handler(change, old, value, from_list)
 
     async def _watch(self) -> None:
-        """Watch from self._resource_version, keeping it current, until the server says it is
-        gone (ApiError 410) or the stream fails."""
-        while True:
-            timeout = random.randint(*self.watch_timeout)
-            async with self.client.watch(self.resource, self.namespace,
-                                         resource_version=self._resource_version,
-                                         timeout_seconds=timeout, read_timeout=self.read_timeout,
-                                         label_selector=self.label_selector) as events:
-                self.watching = True
-                async for event in events:
-                    self._resource_version = self._apply(event, self._resource_version)
-            # the server closed the stream after timeoutSeconds: watch again from where we are
-            self.metrics.watch_restarts.labels(self._label, "timeout").inc()
+        """Watch from self.resource_version, keeping it current, until the server ends the
+        stream (normally after timeoutSeconds) or it fails."""
+        assert self.resource_version is not None
+        started, events = self.clock.now(), 0
+        async with self.client.watch(self.resource, self.namespace,
+                                     resource_version=self.resource_version,
+                                     timeout_seconds=random.randint(*self.watch_timeout),
+                                     read_timeout=self.read_timeout) as stream:
+            self._set_watching(True)
+            async for event in stream:
+                events += 1
+                self._apply(event)
+        self._set_watching(False)
+        if events == 0 and self.clock.now() - started < SHORT_WATCH_SECONDS:
+            raise WatchClosedAtOnce(f"the watch of {self._label} in {self.scope} ended at once "
+                                    "without an event")
 
-    def _apply(self, event: dict[str, Any], resource_version: str) -> str:
+    def _apply(self, event: Obj) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             raise ApiError(int(obj.get("code") or 500), str(obj.get("reason") or "Error"),
                            str(obj.get("message") or obj))
-        new_version = str(obj.get("metadata", {}).get("resourceVersion") or resource_version)
-        if kind == "BOOKMARK":
-            return new_version
+        metadata = obj.get("metadata") or {}
         if kind in ("ADDED", "MODIFIED"):
-            result = self.store.upsert(obj)
-            if result is not None:
-                change, old = result
-                self.handler(change, old, self.store.get(object_key(obj)), False)
+            self._store(self.transform(obj), False)
         elif kind == "DELETED":
-            old = self.store.delete(object_key(obj))
+            key = f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
+            old = self.store.delete(key, uid=metadata.get("uid"))
             if old is not None:
                 self.handler(Change.DELETED, old, None, False)
-        return new_version
-
+        # BOOKMARK only moves the resourceVersion
+        self.resource_version = str(metadata.get("resourceVersion") or self.resource_version)

@@ -1,15 +1,17 @@
-"""The in-memory cache of one resource type, filled by reflectors, read by reconciles."""
+"""The in-memory cache of one resource type: filled by reflectors, read by reconciles.
+
+What a Store holds is what its watch delivered plus the answers to this process's own
+successful writes (a write's answer is the object as the server now has it, a version the
+watch will deliver too), nothing read any other way. Values are the small immutable forms of
+cached.py, keyed "namespace/name".
+"""
 
 from __future__ import annotations
 
 import enum
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
-
-Obj = dict[str, Any]
-IndexFunc = Callable[[Obj], Iterable[str]]
-Transform = Callable[[Obj], Obj]  # what is kept of an object (it must keep its metadata)
+from typing import Generic, Protocol, TypeVar
 
 
 class Change(enum.Enum):
@@ -18,37 +20,46 @@ class Change(enum.Enum):
     DELETED = "deleted"
 
 
-def object_key(obj: Obj) -> str:
-    metadata = obj["metadata"]
-    return f"{metadata.get('namespace', '')}/{metadata['name']}"
+class Cached(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def resource_version(self) -> str: ...
 
 
-def _resource_version(obj: Obj) -> int | None:
+V = TypeVar("V", bound=Cached)
+
+
+def _version(value: Cached) -> int | None:
     try:
-        return int(obj["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
+        return int(value.resource_version)
+    except ValueError:
         return None
 
 
-def _slim(obj: Obj) -> Obj:
-    """managedFields is the largest part of most objects and nothing here reads it."""
-    metadata = obj.get("metadata")
-    if isinstance(metadata, dict) and "managedFields" in metadata:
-        obj = {**obj, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
-    return obj
+def is_newer(old: Cached, new: Cached) -> bool:
+    """Whether `new` should replace `old`: another object of the name, or a later version of
+    the same one (a watch event echoing a write this process already stored is not)."""
+    if old.uid != new.uid:
+        return True
+    old_version, new_version = _version(old), _version(new)
+    return old_version is None or new_version is None or new_version > old_version
 
 
-class Store:
-    def __init__(self, index: IndexFunc | None = None, transform: Transform | None = None) -> None:
+class Store(Generic[V]):
+    def __init__(self, index: Callable[[V], Iterable[str]] | None = None) -> None:
         self._index_func = index
-        self._transform = transform
-        # objects by "namespace/name"
-        self._objects: dict[str, Obj] = {}
-        # index value -> keys of the objects the index function maps to it; always exactly
-        # what _index_func says of the objects now in _objects
+        # values by "namespace/name"
+        self._objects: dict[str, V] = {}
+        # index value -> keys of the values the index function maps to it; always exactly what
+        # _index_func says of the values now in _objects
         self._index: defaultdict[str, set[str]] = defaultdict(set)
 
-    def get(self, key: str) -> Obj | None:
+    def get(self, key: str) -> V | None:
         return self._objects.get(key)
 
     def __len__(self) -> int:
@@ -57,61 +68,46 @@ class Store:
     def list_keys(self) -> list[str]:
         return list(self._objects)
 
-    def by_index(self, value: str) -> list[Obj]:
+    def by_index(self, value: str) -> list[V]:
         return [self._objects[key] for key in self._index.get(value, ())]
 
-    def _unindex(self, key: str, obj: Obj) -> None:
+    def _unindex(self, key: str, value: V) -> None:
         if self._index_func is not None:
-            for value in self._index_func(obj):
-                keys = self._index.get(value)
+            for index_value in self._index_func(value):
+                keys = self._index.get(index_value)
                 if keys is not None:
                     keys.discard(key)
                     if not keys:
-                        del self._index[value]
+                        del self._index[index_value]
 
-    def _put(self, key: str, obj: Obj) -> None:
-        self._objects[key] = obj
-        if self._index_func is not None:
-            for value in self._index_func(obj):
-                self._index[value].add(key)
-
-    def upsert(self, obj: Obj) -> tuple[Change, Obj | None] | None:
-        """Store `obj` unless what is stored is the same or a newer version of it (a watch
-        event echoing a write this process already stored). Returns what changed, if anything."""
-        obj = _slim(obj)
-        if self._transform is not None:
-            obj = self._transform(obj)
-        key = object_key(obj)
+    def upsert(self, value: V) -> tuple[Change, V | None] | None:
+        """Store `value` unless what is stored is the same or a newer version of it. Returns
+        what changed, if anything."""
+        key = value.key
         old = self._objects.get(key)
         if old is not None:
-            old_version, new_version = _resource_version(old), _resource_version(obj)
-            same_object = old["metadata"].get("uid") == obj["metadata"].get("uid")
-            if same_object and old_version is not None and new_version is not None \
-                    and new_version <= old_version:
+            if not is_newer(old, value):
                 return None
             self._unindex(key, old)
-        self._put(key, obj)
+        self._objects[key] = value
+        if self._index_func is not None:
+            for index_value in self._index_func(value):
+                self._index[index_value].add(key)
         return (Change.ADDED if old is None else Change.UPDATED), old
 
-    def delete(self, key: str) -> Obj | None:
-        old = self._objects.pop(key, None)
-        if old is not None:
-            self._unindex(key, old)
+    def delete(self, key: str, uid: str | None = None) -> V | None:
+        """Remove `key` (only if it is still the object `uid`, when given: a late DELETED
+        event of an object's earlier incarnation leaves its successor alone)."""
+        old = self._objects.get(key)
+        if old is None or (uid is not None and old.uid != uid):
+            return None
+        del self._objects[key]
+        self._unindex(key, old)
         return old
 
-    def replace(self, objects: Iterable[Obj], namespace: str | None
-                ) -> list[tuple[Change, Obj | None, Obj | None]]:
-        """Make the objects of `namespace` (None: all) exactly `objects`, as a fresh LIST
-        says; returns the changes as (change, old, new)."""
-        changes: list[tuple[Change, Obj | None, Obj | None]] = []
-        seen = set()
-        for obj in objects:
-            seen.add(object_key(obj))
-            result = self.upsert(obj)
-            if result is not None:
-                change, old = result
-                changes.append((change, old, self._objects[object_key(obj)]))
+    def delete_unseen(self, seen: set[str], namespace: str | None) -> list[V]:
+        """After a full LIST of `namespace` (None: all) whose keys are `seen`: remove what the
+        LIST did not have, and return it."""
         prefix = f"{namespace}/" if namespace is not None else ""
-        for key in [k for k in self._objects if k.startswith(prefix) and k not in seen]:
-            changes.append((Change.DELETED, self.delete(key), None))
-        return changes
+        gone = [k for k in self._objects if k not in seen and k.startswith(prefix)]
+        return [value for key in gone if (value := self.delete(key)) is not None]

@@ -7,12 +7,11 @@ import datetime as dt
 from typing import Any
 
 from reconciler.builder import desired_policies
+from reconciler.cached import CachedNimbusPolicy, CachedPolicy
 from reconciler.diff import (
     diff_policies,
     is_orphan,
-    keep_spec_digest,
     needs_reconcile,
-    owner_key,
     repair_patch,
     status_patch,
 )
@@ -63,30 +62,39 @@ def apply(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def cached(obj: dict[str, Any]) -> CachedPolicy:
+    return CachedPolicy.from_json(obj)
+
+
+def cached_np(obj: dict[str, Any]) -> CachedNimbusPolicy:
+    return CachedNimbusPolicy.from_json(obj)
+
+
 def test_owner_key_and_orphans() -> None:
     (policy,) = desired(["dnsManipulation"])
-    assert owner_key(to_dict(policy)) == "ns/np"
-    assert owner_key({"metadata": {"namespace": "ns", "ownerReferences": [
-        {"apiVersion": "apps/v1", "kind": "NimbusPolicy", "name": "x", "controller": True}]}}) is None
-    assert not is_orphan(nimbus_policy([]))
-    assert not is_orphan(nimbus_policy([], owner_kind="ClusterSecurityIntentBinding"))
-    assert is_orphan(nimbus_policy([], owner_kind="Deployment"))
+    assert cached(to_dict(policy)).owner_key == "ns/np"
+    assert cached({"metadata": {"name": "p", "namespace": "ns", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "NimbusPolicy", "name": "x", "controller": True}]}}
+    ).owner_key is None
+    assert not is_orphan(cached_np(nimbus_policy([])))
+    assert not is_orphan(cached_np(nimbus_policy([], owner_kind="ClusterSecurityIntentBinding")))
+    assert is_orphan(cached_np(nimbus_policy([], owner_kind="Deployment")))
     orphan = nimbus_policy([])
     del orphan["metadata"]["ownerReferences"]
-    assert is_orphan(orphan)
+    assert is_orphan(cached_np(orphan))
 
 
 def test_status_only_changes_need_no_reconcile() -> None:
     old = nimbus_policy(["dnsManipulation"])
     status_only = copy.deepcopy(old) | {"status": {"status": "Created"}}
     status_only["metadata"]["resourceVersion"] = "10"
-    assert not needs_reconcile(old, status_only)
+    assert not needs_reconcile(cached_np(old), cached_np(status_only))
     spec_change = copy.deepcopy(old)
     spec_change["metadata"]["generation"] = 2
-    assert needs_reconcile(old, spec_change)
+    assert needs_reconcile(cached_np(old), cached_np(spec_change))
     reowned = copy.deepcopy(old)
     reowned["metadata"]["ownerReferences"] = []
-    assert needs_reconcile(old, reowned)
+    assert needs_reconcile(cached_np(old), cached_np(reowned))
 
 
 def test_diff_create_update_delete_unchanged() -> None:
@@ -97,12 +105,12 @@ def test_diff_create_update_delete_unchanged() -> None:
     drifted["metadata"]["labels"] = {"other": "x"}
     del by_name["np-escapetohost-disallowchroot"]
     stale = stored(desired(["pkgMgrs"])[0])
-    owned = [*by_name.values(), stale]
+    owned = [cached(p) for p in (*by_name.values(), stale)]
     diff = diff_policies(policies, owned, lambda name: None)
     assert [p.name for p in diff.create] == ["np-escapetohost-disallowchroot"]
     assert [(u.desired.name, u.fields) for u in diff.update] == [
         ("np-dnsmanipulation", ("spec", "labels"))]
-    assert [d["metadata"]["name"] for d in diff.delete] == ["np-pkgmgrs"]
+    assert [d.name for d in diff.delete] == ["np-pkgmgrs"]
     assert sorted(diff.unchanged) == ["np-escapetohost-disallowcapabilities",
                                       "np-escapetohost-swdeploymenttools"]
 
@@ -116,7 +124,7 @@ def test_repair_patch_restores_only_our_fields() -> None:
     other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "c1"}
     ours = actual["metadata"]["ownerReferences"][0]
     actual["metadata"]["ownerReferences"] = [other, {**ours, "blockOwnerDeletion": False}]
-    diff = diff_policies([policy], [], lambda name: actual)
+    diff = diff_policies([policy], [], lambda name: cached(actual))
     (update,) = diff.update
     assert update.fields == ("spec", "labels", "annotations", "owner")
     ops = repair_patch(update)
@@ -140,42 +148,49 @@ def test_names_held_by_others_are_conflicts_not_takeovers() -> None:
     previous_incarnation["metadata"]["ownerReferences"][0]["uid"] = "old"
     for actual, transient in ((someone_elses, False), (hand_made, False),
                               (previous_incarnation, True)):
-        diff = diff_policies([policy], [], lambda name, a=actual: a)  # type: ignore[misc]
+        diff = diff_policies([policy], [], lambda name, a=cached(actual): a)  # type: ignore[misc]
         assert diff.empty and len(diff.conflicts) == 1
         assert diff.conflicts[0].transient is transient
     # ours but unlabelled and without an owner (both edited away): adopted
     adopted = stored(policy)
     del adopted["metadata"]["ownerReferences"]
-    diff = diff_policies([policy], [], lambda name: adopted)
+    diff = diff_policies([policy], [], lambda name: cached(adopted))
     assert [u.fields for u in diff.update] == [("owner",)]
+    # as the upstream adapter leaves them: annotated and owned, no label: one patch adopts it
+    upstream = stored(policy)
+    del upstream["metadata"]["labels"]
+    (update,) = diff_policies([policy], [cached(upstream)], lambda name: None).update
+    assert update.fields == ("labels",)
+    assert apply(upstream, repair_patch(update))["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "nimbus-kubearmor"}
 
 
 def test_status_patch_merges_with_other_adapters_and_is_none_when_right() -> None:
     np = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 2,
                             "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]})
-    patch = status_patch(np, ["np-new", "np-b"], NOW)
+    patch = status_patch(cached_np(np), ["np-new", "np-b"], NOW)
     assert patch == {"metadata": {"resourceVersion": "9"}, "status": {
         "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-new", "KubeArmorPolicy/np-b"],
         "numberOfAdapterPolicies": 3, "lastUpdated": "2026-01-02T03:04:05Z"}}
     np["status"] |= patch["status"]
-    assert status_patch(np, ["np-b", "np-new"], NOW) is None  # order of ours is not churn
-    fresh = status_patch(nimbus_policy([]), [], NOW)
+    assert status_patch(cached_np(np), ["np-b", "np-new"], NOW) is None  # ours in any order
+    fresh = status_patch(cached_np(nimbus_policy([])), [], NOW)
     assert fresh is not None and fresh["status"] == {
         "adapterPolicies": [], "numberOfAdapterPolicies": 0, "lastUpdated": "2026-01-02T03:04:05Z",
         "status": "Created"}
     drifted_count = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 5,
                                        "adapterPolicies": ["KubeArmorPolicy/np-a"]})
-    fixed = status_patch(drifted_count, ["np-a"], NOW)
+    fixed = status_patch(cached_np(drifted_count), ["np-a"], NOW)
     assert fixed is not None and fixed["status"]["numberOfAdapterPolicies"] == 1
 
 
 def test_cached_policies_keep_only_a_digest_of_their_spec() -> None:
     (policy,) = desired(["swDeploymentTools"])
     actual = stored(policy)
-    cached = keep_spec_digest(actual)
-    assert "spec" not in cached and cached["metadata"] == actual["metadata"]
-    assert diff_policies([policy], [cached], lambda name: None).unchanged == ("np-swdeploymenttools",)
+    kept = cached(actual)
+    assert not hasattr(kept, "spec") and kept.uid == "k-np-swdeploymenttools"
+    assert diff_policies([policy], [kept], lambda name: None).unchanged == ("np-swdeploymenttools",)
     actual["spec"]["action"] = "Audit"
-    (update,) = diff_policies([policy], [keep_spec_digest(actual)], lambda name: None).update
+    (update,) = diff_policies([policy], [cached(actual)], lambda name: None).update
     assert update.fields == ("spec",)
     assert repair_patch(update)[1] == {"op": "add", "path": "/spec", "value": to_dict(policy)["spec"]}

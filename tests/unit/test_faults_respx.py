@@ -16,6 +16,7 @@ import pytest
 import respx
 from prometheus_client import CollectorRegistry
 
+from reconciler.cached import CachedNimbusPolicy, CachedPolicy
 from reconciler.clock import FakeClock
 from reconciler.controller import Controller, ControllerConfig
 from reconciler.kube import KUBEARMOR_POLICIES, KubeClient
@@ -120,10 +121,10 @@ def reflector_for(client: KubeClient, backoff: Backoff, changes: list[tuple[Chan
     metrics = Metrics(CollectorRegistry())
 
     def handler(change: Change, old: Any, new: Any, from_list: bool) -> None:
-        changes.append((change, (new or old)["metadata"]["name"]))
+        changes.append((change, (new or old).name))
 
-    return Reflector(client, KUBEARMOR_POLICIES, None, Store(), handler, metrics,
-                     backoff=backoff, read_timeout=read_timeout), metrics
+    return Reflector(client, KUBEARMOR_POLICIES, None, Store(), CachedPolicy.from_json, handler,
+                     metrics, backoff=backoff, read_timeout=read_timeout), metrics
 
 
 def restarts(metrics: Metrics, reason: str) -> float:
@@ -227,9 +228,9 @@ def controller_with(client: KubeClient, nimbus_policy: dict[str, Any],
     clock = FakeClock()
     controller = Controller(client, Metrics(CollectorRegistry()),
                             ControllerConfig(namespaces=("ns",)), clock=clock)
-    controller.nimbus_policies.upsert(nimbus_policy)
+    controller.nimbus_policies.upsert(CachedNimbusPolicy.from_json(nimbus_policy))
     for policy in policies:
-        controller.kubearmor_policies.upsert(policy)
+        controller.kubearmor_policies.upsert(CachedPolicy.from_json(policy))
     return controller, clock
 
 
@@ -278,13 +279,10 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
                                   "message": "the object has been modified"}),
         httpx.Response(200, json=ksp("np-dnsmanipulation", 9)),
     ])
-    # after the conflict the cached copy is dropped: the next try finds the name taken, reads
-    # the object afresh and patches that version
+    # after the conflict the watch brings the newer version (here: put into the cache by hand)
+    # and the next try patches that one; nothing is read any other way
     fresh = ksp("np-dnsmanipulation", 8)
     fresh["spec"] = {"action": "Audit"}
-    router.post(NS_KSP_PATH).respond(409, json={"kind": "Status", "code": 409,
-                                                "reason": "AlreadyExists", "message": "exists"})
-    router.get(f"{NS_KSP_PATH}/np-dnsmanipulation").respond(json=fresh)
     controller, clock = controller_with(client, bound_nimbus_policy(["dnsManipulation"]), stale)
     controller.queue.add("ns/np")
     for backoff in (None, 0.005, 0.01):  # 5 ms doubling: never a tight loop
@@ -298,6 +296,7 @@ async def test_timeouts_and_conflicts_requeue_with_growing_backoff(fake: Any) ->
         controller.queue.done(key)
         assert outcome.failed
     assert [e.reason for e in outcome.errors] == ["Conflict"]
+    controller.kubearmor_policies.upsert(CachedPolicy.from_json(fresh))
     clock.advance(0.02)
     key = controller.queue.get_nowait()
     assert key == "ns/np"
