@@ -342,6 +342,19 @@ class Controller:
         await self._write_status(nimbus_policy, [p.name for p in desired.policies
                                                  if p.name in existing], outcome)
 
+    def _remember(self, store: Store[Any], written: Any) -> None:
+        """Put the answer to our own write into the cache, so the next reconcile does not act on
+        the version before it; but only while the watch has not got that far. Once it has, the
+        cache already holds what came after (perhaps the object's deletion: a late answer must
+        not bring a deleted object back, where no watch event would ever remove it again)."""
+        reflector = self._reflector_of(store, written.namespace)
+        if reflector is None or not reflector.has_seen(written.resource_version):
+            store.upsert(written)
+
+    def _reflector_of(self, store: Store[Any], namespace: str) -> Reflector[Any] | None:
+        return next((r for r in self.reflectors if r.store is store
+                     and r.namespace in (None, namespace)), None)
+
     def _failed(self, verb: str, resource: str, error: ApiError, outcome: Outcome) -> None:
         self.metrics.write_errors.labels(verb, str(error.status)).inc()
         if error.namespace_terminating:
@@ -370,7 +383,7 @@ class Controller:
             self._failed("create", f"KubeArmorPolicy {policy.name}", error, outcome)
             return False
         self._wrote("create", "kubearmorpolicies")
-        self.kubearmor_policies.upsert(CachedPolicy.from_json(created))
+        self._remember(self.kubearmor_policies, CachedPolicy.from_json(created))
         outcome.created.append(policy.name)
         return True
 
@@ -390,7 +403,7 @@ class Controller:
             self._failed("patch", f"KubeArmorPolicy {name}", error, outcome)
             return False
         self._wrote("patch", "kubearmorpolicies")
-        self.kubearmor_policies.upsert(CachedPolicy.from_json(patched))
+        self._remember(self.kubearmor_policies, CachedPolicy.from_json(patched))
         outcome.updated.append(f"{name} ({', '.join(update.fields)})")
         return True
 
@@ -420,7 +433,7 @@ class Controller:
                 self._failed("patch", "nimbuspolicies/status", error, outcome)
                 return
             self._wrote("patch", "nimbuspolicies/status")
-            self.nimbus_policies.upsert(CachedNimbusPolicy.from_json(written))
+            self._remember(self.nimbus_policies, CachedNimbusPolicy.from_json(written))
         outcome.status_written = True
 
 

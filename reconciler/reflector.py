@@ -178,6 +178,15 @@ class Reflector(Generic[V]):
             delay = max(delay, min(error.retry_after, backoff.maximum))
         return delay
 
+    def has_seen(self, resource_version: str) -> bool:
+        """Whether the watch has delivered everything up to `resource_version` (etcd's
+        revisions are one sequence, so a later event or bookmark means it has)."""
+        try:
+            return self.resource_version is not None and \
+                int(self.resource_version) >= int(resource_version)
+        except ValueError:
+            return False
+
     def _set_watching(self, watching: bool) -> None:
         self.watching = watching
         self._synced_gauge.set(1 if watching and self.synced.is_set() else 0)

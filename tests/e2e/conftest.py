@@ -63,11 +63,16 @@ class RunningReconciler:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.start_unsynced()
+        assert self.controller is not None
+        await asyncio.wait_for(self.controller.wait_synced(), 30)
+
+    async def start_unsynced(self) -> None:
+        """Start it without waiting for its caches to list."""
         api = await kr8s.asyncio.api(kubeconfig=str(self.kubeconfig))
         self.metrics = Metrics(CollectorRegistry())
         self.controller = Controller(KubeClient(api), self.metrics, self.config)
         self._task = asyncio.create_task(self.controller.run())
-        await asyncio.wait_for(self.controller.wait_synced(), 30)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,0 +1,215 @@
+"""The real API server saying no: an admission policy refusing our writes (403), a namespace
+being deleted (403 NamespaceTerminating), RBAC refusing the first LISTs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from reconciler.controller import Controller, ControllerConfig
+from tests.controlplane.launcher import LocalControlPlane
+from tests.e2e.conftest import RECONCILER_USER, REPO, RunningReconciler, eventually
+from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
+from tests.e2e.refusals import admission_denies
+
+KSP_GROUP = "security.kubearmor.com"
+
+
+def make_namespace(control_plane: LocalControlPlane, prefix: str = "e2e") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    with control_plane.client() as client:
+        client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
+    return name
+
+
+@pytest.fixture
+def other_namespace(control_plane: LocalControlPlane) -> Iterator[str]:
+    yield make_namespace(control_plane)
+
+
+async def policy_names(api: httpx.AsyncClient, namespace: str) -> set[str]:
+    response = await api.get(kubearmor_policies(namespace))
+    response.raise_for_status()
+    return {p["metadata"]["name"] for p in response.json()["items"]}
+
+
+def creates_of(control_plane: LocalControlPlane, namespace: str, name: str,
+               since: int = 0) -> list[dict[str, Any]]:
+    """The reconciler's create requests for KubeArmorPolicy `name`, from the audit log."""
+    return [e for e in control_plane.audit_events()[since:]
+            if e["user"]["username"] == RECONCILER_USER and e["verb"] == "create"
+            and e["stage"] == "ResponseComplete"
+            and e["objectRef"].get("resource") == "kubearmorpolicies"
+            and e["objectRef"].get("namespace") == namespace
+            and e["objectRef"].get("name", (e.get("requestObject") or {}).get("name")) in (name, None)]
+
+
+def ksp_probe(namespace: str) -> Any:
+    body = {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
+            "metadata": {"name": "probe"}, "spec": {"selector": {"matchLabels": {}},
+                                                   "file": {"matchPaths": [{"path": "/x"}]}}}
+    return lambda client: client.post(kubearmor_policies(namespace), params={"dryRun": "All"},
+                                      json=body)
+
+
+@pytest.fixture
+async def two_namespace_reconciler(reconciler_kubeconfig: Path, namespace: str,
+                                   other_namespace: str) -> AsyncIterator[RunningReconciler]:
+    running = RunningReconciler(reconciler_kubeconfig, ControllerConfig(
+        namespaces=(namespace, other_namespace), workers=4))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_writes_refused_in_one_namespace_cost_one_request_each_and_nothing_elsewhere(
+        api: httpx.AsyncClient, namespace: str, other_namespace: str,
+        control_plane: LocalControlPlane, two_namespace_reconciler: RunningReconciler) -> None:
+    reconciler = two_namespace_reconciler
+    await create_nimbus_policy(api, other_namespace, "fine", [rule("dnsManipulation")])
+    await eventually(lambda: _has(api, other_namespace, "fine-dnsmanipulation"), what="convergence")
+    mark = len(control_plane.audit_events())
+    with admission_denies(control_plane, namespace=namespace, group=KSP_GROUP,
+                          resource="kubearmorpolicies", operations=("CREATE",),
+                          probe=ksp_probe(namespace)) as refusal:
+        refused = await create_nimbus_policy(api, namespace, "refused", [rule("dnsManipulation")])
+
+        async def refusals() -> float:
+            return reconciler.metric("nimbus_kubearmor_api_errors_total", verb="create", code="403")
+        await eventually(lambda: _at_least(refusals, 3), what="a few refused attempts")
+
+        # drift elsewhere is repaired as fast as ever while the refusals go on
+        latencies = []
+        for _ in range(3):
+            (await api.delete(f"{kubearmor_policies(other_namespace)}/fine-dnsmanipulation")
+             ).raise_for_status()
+            started = time.monotonic()
+            await eventually(lambda: _has(api, other_namespace, "fine-dnsmanipulation"),
+                             interval=0.01, what="the repair in the other namespace")
+            latencies.append(time.monotonic() - started)
+        print(f"drift repaired in {[round(s * 1000) for s in latencies]} ms during refusals")
+        assert max(latencies) < 1.0
+
+        # what the user sees: a Warning Event on the NimbusPolicy, naming the policy and why
+        async def refused_event() -> dict[str, Any] | None:
+            response = await api.get(f"/api/v1/namespaces/{namespace}/events")
+            return next((e for e in response.json()["items"]
+                         if e["involvedObject"]["uid"] == refused["metadata"]["uid"]
+                         and e["reason"] == "WriteRefused"), None)
+        event = await eventually(refused_event, what="a WriteRefused Event")
+        assert "refused-dnsmanipulation" in event["message"] and refusal in event["message"]
+
+        # one request per attempt (kr8s alone would have re-authenticated and sent each
+        # refused create four times), and no watch restarted (it would also have replaced its
+        # one HTTP client, breaking every stream)
+        attempts = await refusals()
+        sent = creates_of(control_plane, namespace, "refused-dnsmanipulation", since=mark)
+        assert len(sent) in (attempts, attempts + 1), (len(sent), attempts)  # + one in flight
+        assert all(e["responseStatus"]["code"] == 403 for e in sent)
+        restarts = [s for s in reconciler.metrics.registry.collect()
+                    if s.name == "nimbus_kubearmor_watch_restarts"]
+        assert sum(sample.value for family in restarts for sample in family.samples
+                   if sample.name.endswith("_total")) == 0
+    # lifted: the policy is created on the next retry
+    await eventually(lambda: _has(api, namespace, "refused-dnsmanipulation"), timeout=30,
+                     what="the policy once the admission policy is gone")
+
+
+async def _has(api: httpx.AsyncClient, namespace: str, name: str) -> bool:
+    return name in await policy_names(api, namespace)
+
+
+async def _at_least(value: Any, n: float) -> bool:
+    return bool(await value() >= n)
+
+
+async def test_a_namespace_being_deleted_is_waited_out_not_fought(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler")
+    await create_nimbus_policy(api, namespace, "doomed", [rule("dnsManipulation"),
+                                                          rule("escapeToHost")])
+    await eventually(lambda: _count(api, namespace, 4), what="convergence")
+    controller = reconciler.controller
+    assert controller is not None
+
+    def delete_probe(client: httpx.Client) -> httpx.Response:
+        return client.delete(f"{nimbus_policies(namespace)}/doomed", params={"dryRun": "All"})
+
+    # The NimbusPolicy cannot be deleted (as with a slow finalizer elsewhere), so the namespace
+    # stays Terminating with it inside while the namespace controller deletes our policies.
+    mark = len(control_plane.audit_events())
+    with admission_denies(control_plane, namespace=namespace, group="intent.security.nimbus.com",
+                          resource="nimbuspolicies", operations=("DELETE",), probe=delete_probe):
+        with control_plane.client() as client:
+            client.delete(f"/api/v1/namespaces/{namespace}").raise_for_status()
+        await eventually(lambda: _count(api, namespace, 0), timeout=60,
+                         what="the namespace controller to delete our policies")
+        await eventually(lambda: any("namespace is being deleted" in r.getMessage()
+                                     for r in caplog.records), what="the refusal to be seen")
+        # later looks at it (a resync, say) write nothing
+        before = reconciler.metric("controller_runtime_reconcile_total",
+                                   controller="nimbuspolicy", result="success")
+        for n in range(1, 4):
+            controller.queue.add(f"{namespace}/doomed")
+            await eventually(lambda n=n: reconciler.metric(  # type: ignore[misc]
+                "controller_runtime_reconcile_total", controller="nimbuspolicy",
+                result="success") >= before + n, what="a reconcile")
+        creates = [e for e in control_plane.audit_events()[mark:]
+                   if e["user"]["username"] == RECONCILER_USER and e["verb"] == "create"]
+        # one refused write in all (kr8s alone would also have sent it four times), no retry
+        assert len(creates) == 1, [(e["objectRef"], e["responseStatus"]) for e in creates]
+        assert creates[0]["responseStatus"]["code"] == 403
+        assert reconciler.metric("controller_runtime_reconcile_errors_total",
+                                 controller="nimbuspolicy") == 0
+        assert not [r for r in caplog.records if "someone else" in r.getMessage()]
+    # the namespace controller finishes; nothing of the NimbusPolicy is remembered
+    await eventually(lambda: controller.nimbus_policies.get(f"{namespace}/doomed") is None,
+                     timeout=60, what="the NimbusPolicy to be deleted")
+    await eventually(lambda: controller.states.sizes()["states"] == 0, what="its state forgotten")
+
+
+async def _count(api: httpx.AsyncClient, namespace: str, n: int) -> bool:
+    return len(await policy_names(api, namespace)) == n
+
+
+async def test_not_ready_until_every_cache_has_listed_then_ready_within_seconds(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane) -> None:
+    """Deployed before its RBAC (kubectl apply ordering): the first LISTs are refused."""
+    user = f"late-rbac-{uuid.uuid4().hex[:6]}"
+    rules = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())["rules"]
+    without_list = [r if "kubearmorpolicies" not in r["resources"] else
+                    {**r, "verbs": [v for v in r["verbs"] if v not in ("list", "watch")]}
+                    for r in rules]
+    control_plane.grant(user, without_list)
+    await create_nimbus_policy(api, namespace, "early", [rule("dnsManipulation")])
+    running = RunningReconciler(control_plane.identity_kubeconfig(user),
+                                ControllerConfig(namespaces=(namespace,)))
+    await running.start_unsynced()
+    try:
+        controller = running.controller
+        assert isinstance(controller, Controller)
+        await eventually(lambda: running.metric("nimbus_kubearmor_watch_restarts_total",
+                                                resource="kubearmorpolicies", reason="403") >= 3,
+                         what="LISTs refused a few times")
+        assert controller.readiness() and not controller.queue.processing
+        assert await policy_names(api, namespace) == set()  # no worker ran
+        control_plane.grant(user, rules)
+        granted = time.monotonic()
+        await eventually(lambda: not controller.readiness(), timeout=10, interval=0.02,
+                         what="ready once the LISTs are allowed")
+        print(f"ready {time.monotonic() - granted:.2f}s after the grant")
+        assert time.monotonic() - granted < 5
+        await eventually(lambda: _has(api, namespace, "early-dnsmanipulation"), what="convergence")
+    finally:
+        await running.stop()
