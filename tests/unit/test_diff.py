@@ -148,7 +148,8 @@ def test_names_held_by_others_are_conflicts_not_takeovers() -> None:
     previous_incarnation["metadata"]["ownerReferences"][0]["uid"] = "old"
     for actual, transient in ((someone_elses, False), (hand_made, False),
                               (previous_incarnation, True)):
-        diff = diff_policies([policy], [], lambda name, a=cached(actual): a)  # type: ignore[misc]
+        held = cached(actual)
+        diff = diff_policies([policy], [], lambda name, a=held: a)  # type: ignore[misc]
         assert diff.empty and len(diff.conflicts) == 1
         assert diff.conflicts[0].transient is transient
     # ours but unlabelled and without an owner (both edited away): adopted
