@@ -50,9 +50,11 @@ connection is reset, as a direct connection to a stopped API server would fail.
 
 Observing: `proxy.requests(kind=, method=, path=, answer=, rule=)` returns snapshots of every
 request seen (`Exchange`: at, method, path, query, kind, answer, rule, status, forwarded, events,
-reset, cancelled, done); `rule.matched` / `rule.hits` count per rule. `add`, `remove`, `clear`,
-`release` and `requests` are thread-safe. `stop()` (or leaving the `with`) aborts every open
-connection, drops held requests unforwarded, and ends the thread.
+reset, cancelled, done); `rule.matched` / `rule.hits` count per rule. Rules act on requests as
+they arrive; `reset_open(kind=, path=, ...)` resets the ones already in flight (open watches).
+`add`, `remove`, `clear`, `release`, `requests` and `reset_open` are thread-safe. `stop()` (or
+leaving the `with`) aborts every open connection, drops held requests unforwarded, and ends the
+thread.
 
 Identities: bearer tokens pass through (`control_plane.service_account_kubeconfig(...,
 server=proxy.url)`). The proxy asks clients for no certificate, so for certificate identities it
@@ -318,7 +320,7 @@ class Rule:
         return True
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Exchange:
     """One request the proxy saw, and what became of it."""
 
@@ -354,6 +356,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._log: list[Exchange] = []
+        self._open: dict[Exchange, asyncio.BaseTransport] = {}  # requests in flight
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -484,14 +487,37 @@ class FaultProxy:
                  path: str | None = None, answer: str | None = None,
                  rule: Rule | None = None) -> list[Exchange]:
         """Snapshots of the requests seen so far, oldest first, filtered (`path`: a regex)."""
-        pattern = re.compile(path) if path is not None else None
         with self._lock:
-            return [attrs.evolve(e) for e in self._log
-                    if (kind is None or e.kind == kind)
-                    and (method is None or e.method == method.upper())
-                    and (pattern is None or pattern.search(e.path))
-                    and (answer is None or e.answer == answer)
-                    and (rule is None or e.rule is rule)]
+            return [attrs.evolve(e) for e in self._select(self._log, kind, method, path, answer,
+                                                          rule)]
+
+    def reset_open(self, kind: str | None = None, method: str | None = None,
+                   path: str | None = None, answer: str | None = None,
+                   rule: Rule | None = None) -> int:
+        """Reset the connection of every request in flight that matches (a watch already
+        open, a held request, ...), as an API server restart or a load balancer does; returns
+        how many. Rules only act on requests that arrive after they are added: this cuts the
+        ones already there."""
+        assert self._loop is not None
+        with self._lock:
+            chosen = self._select(list(self._open), kind, method, path, answer, rule)
+            transports = [self._open[e] for e in chosen]
+            for exchange in chosen:
+                exchange.reset = True
+        for transport in transports:
+            self._loop.call_soon_threadsafe(_abort, transport)
+        return len(chosen)
+
+    @staticmethod
+    def _select(exchanges: list[Exchange], kind: str | None, method: str | None,
+                path: str | None, answer: str | None, rule: Rule | None) -> list[Exchange]:
+        pattern = re.compile(path) if path is not None else None
+        return [e for e in exchanges
+                if (kind is None or e.kind == kind)
+                and (method is None or e.method == method.upper())
+                and (pattern is None or pattern.search(e.path))
+                and (answer is None or e.answer == answer)
+                and (rule is None or e.rule is rule)]
 
     def _choose(self, request: web.BaseRequest, kind: str) -> Exchange:
         now = time.monotonic()
@@ -503,6 +529,10 @@ class FaultProxy:
             self._log.append(exchange)
         return exchange
 
+    def _client_left(self, exchange: Exchange) -> None:
+        with self._lock:
+            exchange.cancelled = not exchange.reset
+
     def _update(self, exchange: Exchange, **changes: Any) -> None:
         with self._lock:
             for name, value in changes.items():
@@ -513,13 +543,18 @@ class FaultProxy:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         exchange = self._choose(request, request_kind(request.method, request.path, request.query))
         answer: Answer = exchange.rule.answer if exchange.rule else Forward()
+        if request.transport is not None:
+            with self._lock:
+                self._open[exchange] = request.transport
         try:
             return await self._answer(request, answer, exchange)
-        except asyncio.CancelledError:  # the client went away (or the proxy is stopping)
-            self._update(exchange, cancelled=True)
+        except asyncio.CancelledError:  # the client went away, or the proxy cut or stopped it
+            self._client_left(exchange)
             raise
         finally:
-            self._update(exchange, done=True)
+            with self._lock:
+                exchange.done = True
+                self._open.pop(exchange, None)
 
     async def _answer(self, request: web.BaseRequest, answer: Answer,
                       exchange: Exchange) -> web.StreamResponse:
@@ -612,8 +647,8 @@ class FaultProxy:
             if cuts and isinstance(answer, ErrorEvent):
                 await response.write(_error_event(answer.status))
             await response.write_eof()
-        except ConnectionError:  # the client went away
-            self._update(exchange, cancelled=True)
+        except ConnectionError:  # the client went away, or reset_open() cut it
+            self._client_left(exchange)
         return response
 
     async def _reset(self, request: web.BaseRequest, response: web.StreamResponse,
@@ -627,11 +662,16 @@ class FaultProxy:
             # asyncio signals no "write buffer empty"; the event loop writes the rest meanwhile.
             while _unsent(transport) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+            _abort(transport)
         return response
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP RST (SO_LINGER 0), dropping whatever is still unsent."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and not transport.is_closing():
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _limits(answer: Answer) -> tuple[int | None, int | None]:

@@ -217,6 +217,26 @@ def test_reset_mid_stream(control_plane: LocalControlPlane, proxy: FaultProxy,
     assert cut.forwarded and cut.status == 200 and cut.reset
 
 
+def test_reset_open_cuts_watches_already_open(control_plane: LocalControlPlane,
+                                              proxy: FaultProxy, via_proxy: httpx.Client,
+                                              namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a")
+    with contextlib.ExitStack() as stack:
+        streams = [stack.enter_context(via_proxy.stream(
+            "GET", configmaps(namespace), params={"watch": "true", "resourceVersion": "0"}))
+            for _ in range(2)]
+        # Each open and delivering before the cut (an abandoned line iterator would close it).
+        lines = [stream.iter_lines() for stream in streams]
+        assert [json.loads(next(line))["object"]["metadata"]["name"] for line in lines] == ["a"] * 2
+        assert proxy.reset_open(kind="watch", path=namespace) == 2
+        for line in lines:
+            with pytest.raises(httpx.TransportError):
+                next(line)
+    assert all(w.reset and not w.cancelled for w in proxy.requests(kind="watch", path=namespace))
+    wait_for(lambda: watches_ended(control_plane, namespace) == 2, 5, "the upstream watches to end")
+    assert proxy.reset_open(kind="watch", path=namespace) == 0
+
+
 async def test_stall_holds_until_released(control_plane: LocalControlPlane, proxy: FaultProxy,
                                           tester: Path, namespace: str) -> None:
     create_configmaps(control_plane, namespace, "held")
