@@ -433,7 +433,10 @@ class LocalControlPlane:
         from the TokenRequest API, as a pod's projected token does; the ServiceAccount (and its
         namespace) is created if missing and bound to a ClusterRole holding exactly `rules`.
         `server`: another address for the API server (a proxy in front of it); `bound_secret`:
-        bind the token to that Secret (created if missing), so deleting the Secret revokes it."""
+        bind the token to that Secret (created if missing), so deleting the Secret revokes it.
+        The API server caches a token's successful authentication for 10 s (not configurable):
+        a token used in the last 10 s keeps working that long after its Secret is gone; one
+        never used is refused at once."""
         self._ensure("/api/v1/namespaces", {"metadata": {"name": namespace}})
         self._ensure(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
         self._bind_cluster_role(f"test:serviceaccount:{namespace}:{name}", rules,
