@@ -86,16 +86,44 @@ def remove_abandoned_workdirs() -> None:
 
 def kubeconfig_yaml(server: str, ca_pem: bytes, user: str, cert_pem: bytes, key_pem: bytes,
                     namespace: str = "default") -> str:
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return _kubeconfig(server, ca_pem, user, namespace, {
+        "client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)})
+
+
+def token_kubeconfig_yaml(server: str, ca_pem: bytes, user: str, token: str,
+                          namespace: str = "default") -> str:
+    return _kubeconfig(server, ca_pem, user, namespace, {"token": token})
+
+
+def _kubeconfig(server: str, ca_pem: bytes, user: str, namespace: str,
+                credentials: dict[str, str]) -> str:
     return yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "local",
         "clusters": [{"name": "local", "cluster": {"server": server,
-                                                   "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem),
-                                          "client-key-data": b64(key_pem)}}],
+                                                   "certificate-authority-data": _b64(ca_pem)}}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user,
                                                    "namespace": namespace}}],
     })
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, unverified (the API server verifies it; tests only read it)."""
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` in one step, so a reader never sees half a file (the kubelet swaps a
+    rotated service-account token the same way)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 class LocalControlPlane:
@@ -342,12 +370,13 @@ class LocalControlPlane:
         self.say(f"installed {len(documents)} CRDs from {self.crd_dir.relative_to(REPO)}")
 
     def identity_kubeconfig(self, user: str, groups: tuple[str, ...] = (),
-                            namespace: str = "default") -> Path:
-        """A kubeconfig that authenticates as `user` (no permissions unless RBAC grants them)."""
+                            namespace: str = "default", server: str | None = None) -> Path:
+        """A kubeconfig that authenticates as `user` (no permissions unless RBAC grants them);
+        `server`: another address for the API server."""
         pair = self.ca.client(user, groups)
         path = self.workdir / f"{user.replace(':', '_')}.kubeconfig"
-        path.write_text(kubeconfig_yaml(self.server, self.ca.cert_pem, user, pair.cert_pem,
-                                        pair.key_pem, namespace))
+        path.write_text(kubeconfig_yaml(server or self.server, self.ca.cert_pem, user,
+                                        pair.cert_pem, pair.key_pem, namespace))
         return path
 
     def client_as(self, user: str, groups: tuple[str, ...] = ()) -> httpx.Client:
@@ -358,15 +387,19 @@ class LocalControlPlane:
 
     def grant(self, user: str, rules: list[dict[str, Any]]) -> None:
         """Bind `user` to a ClusterRole holding exactly `rules`."""
-        name = f"test:{user}"
+        self._bind_cluster_role(f"test:{user}", rules, {"apiGroup": "rbac.authorization.k8s.io",
+                                                        "kind": "User", "name": user})
+
+    def _bind_cluster_role(self, name: str, rules: list[dict[str, Any]],
+                           subject: dict[str, str]) -> None:
+        """Create or replace the ClusterRole `name` (exactly `rules`) bound to `subject`."""
         role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                 "metadata": {"name": name}, "rules": rules}
         binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                    "metadata": {"name": name},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                "name": name},
-                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                 "name": user}]}
+                   "subjects": [subject]}
         base = "/apis/rbac.authorization.k8s.io/v1"
         with self.client() as client:
             for kind, body in (("clusterroles", role), ("clusterrolebindings", binding)):
@@ -390,6 +423,77 @@ class LocalControlPlane:
         with self.client() as client:
             for kind, body in (("roles", role), ("rolebindings", binding)):
                 client.post(f"{base}/{kind}", json=body).raise_for_status()
+
+    # --- service-account identities -------------------------------------------------------------
+
+    def service_account_kubeconfig(self, namespace: str, name: str, rules: list[dict[str, Any]],
+                                   *, server: str | None = None, bound_secret: str | None = None,
+                                   expiration_seconds: int = 3600) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount `namespace`/`name` with a token
+        from the TokenRequest API, as a pod's projected token does; the ServiceAccount (and its
+        namespace) is created if missing and bound to a ClusterRole holding exactly `rules`.
+        `server`: another address for the API server (a proxy in front of it); `bound_secret`:
+        bind the token to that Secret (created if missing), so deleting the Secret revokes it.
+        The API server caches a token's successful authentication for 10 s (not configurable):
+        a token used in the last 10 s keeps working that long after its Secret is gone; one
+        never used is refused at once."""
+        self._ensure("/api/v1/namespaces", {"metadata": {"name": namespace}})
+        self._ensure(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
+        self._bind_cluster_role(f"test:serviceaccount:{namespace}:{name}", rules,
+                                {"kind": "ServiceAccount", "name": name, "namespace": namespace})
+        token = self.service_account_token(namespace, name, bound_secret=bound_secret,
+                                           expiration_seconds=expiration_seconds)
+        path = self.workdir / f"serviceaccount-{namespace}-{name}.kubeconfig"
+        _write_atomically(path, token_kubeconfig_yaml(
+            server or self.server, self.ca.cert_pem, f"system:serviceaccount:{namespace}:{name}",
+            token, namespace))
+        return path
+
+    def service_account_token(self, namespace: str, name: str, *, bound_secret: str | None = None,
+                              expiration_seconds: int = 3600) -> str:
+        """A new token for an existing ServiceAccount (TokenRequest API), bound to the Secret
+        `bound_secret` (created if missing) when given. The API server's minimum lifetime is
+        600 s."""
+        spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
+        if bound_secret is not None:
+            secret = self._ensure(f"/api/v1/namespaces/{namespace}/secrets",
+                                  {"metadata": {"name": bound_secret}, "type": "Opaque"})
+            spec["boundObjectRef"] = {"kind": "Secret", "apiVersion": "v1", "name": bound_secret,
+                                      "uid": secret["metadata"]["uid"]}
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        with self.client() as client:
+            response = client.post(
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", json=request)
+        if response.status_code != 201:
+            raise ControlPlaneError(f"TokenRequest for {namespace}/{name}: "
+                                    f"{response.status_code} {response.text}")
+        return str(response.json()["status"]["token"])
+
+    def rotate_service_account_token(self, kubeconfig: Path, *, bound_secret: str | None = None,
+                                     expiration_seconds: int = 3600) -> str:
+        """Write a new token for the kubeconfig's ServiceAccount into that file in place (as the
+        kubelet rotates a projected token); returns it. Bound to `bound_secret`, by default to
+        the Secret the old token was bound to, if any (re-created if it was deleted)."""
+        config = yaml.safe_load(kubeconfig.read_text())
+        claims = token_claims(config["users"][0]["user"]["token"])["kubernetes.io"]
+        if bound_secret is None and "secret" in claims:
+            bound_secret = claims["secret"]["name"]
+        token = self.service_account_token(claims["namespace"], claims["serviceaccount"]["name"],
+                                           bound_secret=bound_secret,
+                                           expiration_seconds=expiration_seconds)
+        config["users"][0]["user"]["token"] = token
+        _write_atomically(kubeconfig, yaml.safe_dump(config))
+        return token
+
+    def _ensure(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the object unless it exists; returns it as stored."""
+        with self.client() as client:
+            response = client.post(collection, json=body)
+            if response.status_code == 409:
+                response = client.get(f"{collection}/{body['metadata']['name']}")
+            response.raise_for_status()
+            stored: dict[str, Any] = response.json()
+            return stored
 
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit_log.exists():

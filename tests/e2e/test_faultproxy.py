@@ -1,0 +1,415 @@
+"""The fault proxy (tests/faultproxy.py) in front of the real kube-apiserver: it forwards lists
+and live watches, each answer does what it says, a write whose client gave up while the proxy
+held it never reaches the API server, and service-account token identities (authorized by their
+rules, revoked by deleting their bound Secret, rotated in place) work through it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kr8s.asyncio
+import pytest
+import yaml
+
+from tests.controlplane.launcher import LocalControlPlane, token_claims, wait_for
+from tests.faultproxy import (
+    CloseWatch,
+    Delay,
+    ErrorEvent,
+    FaultProxy,
+    Reset,
+    ResetAfter,
+    Rule,
+    Stall,
+    Status,
+)
+from tests.waiting import eventually
+
+SA_NAMESPACE = "faultproxy-e2e"
+CONFIGMAPS = [{"apiGroups": [""], "resources": ["configmaps"],
+               "verbs": ["get", "list", "watch", "create", "delete"]}]
+
+
+@pytest.fixture(scope="module")
+def proxy(control_plane: LocalControlPlane) -> Iterator[FaultProxy]:
+    with FaultProxy.for_control_plane(control_plane) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_rules_left(proxy: FaultProxy) -> Iterator[None]:
+    yield
+    proxy.clear()
+
+
+@pytest.fixture(scope="module")
+def tester(control_plane: LocalControlPlane, proxy: FaultProxy) -> Path:
+    """A ServiceAccount's kubeconfig that reaches the API server through the proxy."""
+    return control_plane.service_account_kubeconfig(SA_NAMESPACE, "tester", CONFIGMAPS,
+                                                    server=proxy.url)
+
+
+def _credentials(kubeconfig: Path) -> tuple[str, ssl.SSLContext, dict[str, str]]:
+    config = yaml.safe_load(kubeconfig.read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    tls = ssl.create_default_context(
+        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    return cluster["server"], tls, {"Authorization": f"Bearer {user['token']}"}
+
+
+def client_from(kubeconfig: Path, timeout: float = 10) -> httpx.Client:
+    """An httpx client as any Kubernetes client builds it from the kubeconfig."""
+    server, tls, headers = _credentials(kubeconfig)
+    return httpx.Client(base_url=server, verify=tls, headers=headers, timeout=timeout)
+
+
+def async_client_from(kubeconfig: Path, timeout: float = 10) -> httpx.AsyncClient:
+    server, tls, headers = _credentials(kubeconfig)
+    return httpx.AsyncClient(base_url=server, verify=tls, headers=headers, timeout=timeout)
+
+
+@pytest.fixture
+def via_proxy(tester: Path) -> Iterator[httpx.Client]:
+    with client_from(tester) as client:
+        yield client
+
+
+def configmaps(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps"
+
+
+def create_configmaps(control_plane: LocalControlPlane, namespace: str, *names: str) -> None:
+    with control_plane.client() as admin:
+        for name in names:
+            admin.post(configmaps(namespace), json={"metadata": {"name": name}}).raise_for_status()
+
+
+def watch_lines(client: httpx.Client, namespace: str, resource_version: str = "0"
+                ) -> tuple[list[dict[str, Any]], Exception | None]:
+    """Every event of a watch until it ends, and the transport error that ended it, if any."""
+    events: list[dict[str, Any]] = []
+    try:
+        with client.stream("GET", configmaps(namespace),
+                           params={"watch": "true", "resourceVersion": resource_version}) as stream:
+            assert stream.status_code == 200
+            events.extend(json.loads(line) for line in stream.iter_lines() if line)
+    except httpx.TransportError as error:
+        return events, error
+    return events, None
+
+
+def watches_ended(control_plane: LocalControlPlane, namespace: str) -> int:
+    """Watches of the tester in `namespace` that the API server finished (a WATCH is logged at
+    ResponseComplete when it ends)."""
+    return sum(e["verb"] == "watch" for e in audit_by(control_plane, TESTER, namespace=namespace))
+
+
+def audit_by(control_plane: LocalControlPlane, username: str, **match: str) -> list[dict[str, Any]]:
+    """Audit events of `username`, whose objectRef has every field in `match`."""
+    return [e for e in control_plane.audit_events()
+            if e["user"]["username"] == username and e["stage"] == "ResponseComplete"
+            and all(e.get("objectRef", {}).get(k) == v for k, v in match.items())]
+
+
+TESTER = f"system:serviceaccount:{SA_NAMESPACE}:tester"
+
+
+# --- forwarding -------------------------------------------------------------------------------
+
+
+def test_forwards_lists_and_live_watches(control_plane: LocalControlPlane, proxy: FaultProxy,
+                                         via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "before")
+    listed = via_proxy.get(configmaps(namespace))
+    assert listed.status_code == 200, listed.text
+    assert [i["metadata"]["name"] for i in listed.json()["items"]] == ["before"]
+    since = listed.json()["metadata"]["resourceVersion"]
+    # Four watches held open at once (as a reconciler holds them), each must see a change made
+    # after it was opened, while it stays open: streamed through, not buffered.
+    with contextlib.ExitStack() as stack:
+        streams = [stack.enter_context(via_proxy.stream(
+            "GET", configmaps(namespace), params={"watch": "1", "resourceVersion": since}))
+            for _ in range(4)]
+        assert all(s.status_code == 200 for s in streams)
+        create_configmaps(control_plane, namespace, "during")
+        for stream in streams:
+            event = json.loads(next(stream.iter_lines()))
+            assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "during")
+    watches = proxy.requests(kind="watch", path=configmaps(namespace))
+    assert len(watches) == 4 and all(w.forwarded and w.status == 200 for w in watches)
+    assert proxy.requests(kind="list", path=configmaps(namespace))[-1].status == 200
+    wait_for(lambda: audit_by(control_plane, TESTER, resource="configmaps", namespace=namespace),
+             5, "the API server to log the tester's requests")
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+def test_status_answers_with_retry_after_and_budget(control_plane: LocalControlPlane,
+                                                    proxy: FaultProxy, via_proxy: httpx.Client,
+                                                    namespace: str) -> None:
+    unavailable = proxy.add(Rule(
+        Status(503, retry_after=2, causes=({"reason": "Overloaded", "message": "m"},)),
+        kind="list", path=f"/namespaces/{namespace}/", after=1, times=2))
+    codes = [via_proxy.get(configmaps(namespace)) for _ in range(4)]
+    assert [r.status_code for r in codes] == [200, 503, 503, 200]
+    refused = codes[1]
+    assert refused.headers["Retry-After"] == "2"
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.json() == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "injected by the fault proxy: 503", "reason": "ServiceUnavailable", "code": 503,
+        "details": {"causes": [{"reason": "Overloaded", "message": "m"}], "retryAfterSeconds": 2}}
+    assert (unavailable.matched, unavailable.hits) == (4, 2)
+
+    added = time.monotonic()
+    proxy.add(Rule(Status(504), kind="list", window=(0, 0.3)))
+    assert via_proxy.get(configmaps(namespace)).status_code == 504
+    wait_for(lambda: via_proxy.get(configmaps(namespace)).status_code == 200, 5,
+             "the rule's window to close")
+    assert time.monotonic() - added >= 0.3
+
+    throttled = proxy.add(Rule(Status(429, retry_after=1), kind="write", method="POST", times=1))
+    body = {"metadata": {"name": "throttled"}}
+    first = via_proxy.post(configmaps(namespace), json=body)
+    assert (first.status_code, first.json()["reason"]) == (429, "TooManyRequests")
+    assert via_proxy.post(configmaps(namespace), json=body).status_code == 201
+    assert throttled.hits == 1
+    creates = wait_for(lambda: audit_by(control_plane, TESTER, namespace=namespace,
+                                        name="throttled"), 5, "the create in the audit log")
+    assert [(e["verb"], e["responseStatus"]["code"]) for e in creates] == [("create", 201)]
+
+
+def test_reset_before_any_response(proxy: FaultProxy, via_proxy: httpx.Client,
+                                   namespace: str) -> None:
+    proxy.add(Rule(Reset(), kind="get", times=1))
+    with pytest.raises(httpx.TransportError):
+        via_proxy.get(f"{configmaps(namespace)}/anything")
+    [reset] = proxy.requests(kind="get", path=namespace)
+    assert reset.reset and not reset.forwarded and reset.status is None
+    assert via_proxy.get(f"{configmaps(namespace)}/anything").status_code == 404  # next one passes
+
+
+def test_reset_mid_stream(control_plane: LocalControlPlane, proxy: FaultProxy,
+                          via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a", "b", "c")
+    proxy.add(Rule(ResetAfter(events=2), kind="watch", times=1))
+    events, error = watch_lines(via_proxy, namespace)
+    assert [e["object"]["metadata"]["name"] for e in events] == ["a", "b"]
+    assert isinstance(error, httpx.TransportError)
+    wait_for(lambda: watches_ended(control_plane, namespace), 5, "the upstream watch to end too")
+    proxy.add(Rule(ResetAfter(bytes=40), kind="list", times=1))
+    with pytest.raises(httpx.TransportError):
+        via_proxy.get(configmaps(namespace))
+    [cut] = proxy.requests(kind="list", path=namespace)
+    assert cut.forwarded and cut.status == 200 and cut.reset
+
+
+def test_reset_open_cuts_watches_already_open(control_plane: LocalControlPlane,
+                                              proxy: FaultProxy, via_proxy: httpx.Client,
+                                              namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a")
+    with contextlib.ExitStack() as stack:
+        streams = [stack.enter_context(via_proxy.stream(
+            "GET", configmaps(namespace), params={"watch": "true", "resourceVersion": "0"}))
+            for _ in range(2)]
+        # Each open and delivering before the cut (an abandoned line iterator would close it).
+        lines = [stream.iter_lines() for stream in streams]
+        assert [json.loads(next(line))["object"]["metadata"]["name"] for line in lines] == ["a"] * 2
+        assert proxy.reset_open(kind="watch", path=namespace) == 2
+        for line in lines:
+            with pytest.raises(httpx.TransportError):
+                next(line)
+    assert all(w.reset and not w.cancelled for w in proxy.requests(kind="watch", path=namespace))
+    wait_for(lambda: watches_ended(control_plane, namespace) == 2, 5, "the upstream watches to end")
+    assert proxy.reset_open(kind="watch", path=namespace) == 0
+
+
+async def test_stall_holds_until_released(control_plane: LocalControlPlane, proxy: FaultProxy,
+                                          tester: Path, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "held")
+    stall = proxy.add(Rule(Stall(), kind="get", path=r"/held$"))
+    async with async_client_from(tester) as client:
+        held = asyncio.create_task(client.get(f"{configmaps(namespace)}/held"))
+        await eventually(lambda: proxy.requests(rule=stall), 5, "the proxy to hold the GET")
+        # Other requests pass while one is held; the held one is still unanswered after them.
+        assert (await client.get(configmaps(namespace))).status_code == 200
+        assert not held.done()
+        assert not proxy.requests(rule=stall)[0].forwarded
+        stall.release()
+        response = await asyncio.wait_for(held, 5)
+    assert response.status_code == 200 and response.json()["metadata"]["name"] == "held"
+    assert proxy.requests(rule=stall)[0].forwarded
+
+
+def test_delay_then_forward(control_plane: LocalControlPlane, proxy: FaultProxy,
+                            via_proxy: httpx.Client, namespace: str) -> None:
+    proxy.add(Rule(Delay(0.4), kind="write", times=1))
+    started = time.monotonic()
+    created = via_proxy.post(configmaps(namespace), json={"metadata": {"name": "late"}})
+    assert created.status_code == 201 and time.monotonic() - started >= 0.4
+    wait_for(lambda: audit_by(control_plane, TESTER, namespace=namespace, name="late"),
+             5, "the delayed create in the audit log")
+
+
+def test_write_whose_client_gave_up_is_never_forwarded(control_plane: LocalControlPlane,
+                                                       proxy: FaultProxy, tester: Path,
+                                                       namespace: str) -> None:
+    held = proxy.add(Rule(Delay(30), kind="write", method="POST"))
+    with client_from(tester, timeout=0.3) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post(configmaps(namespace), json={"metadata": {"name": "abandoned"}})
+    [exchange] = wait_for(lambda: [e for e in proxy.requests(rule=held) if e.done], 5,
+                          "the proxy to drop the request of the client that left")
+    assert exchange.cancelled and not exchange.forwarded
+    # Its handler is gone, so nothing can send it later; and nothing did.
+    assert not audit_by(control_plane, TESTER, namespace=namespace, name="abandoned")
+    with control_plane.client() as admin:
+        assert admin.get(f"{configmaps(namespace)}/abandoned").status_code == 404
+
+
+def test_watch_closed_at_once_or_after_events(control_plane: LocalControlPlane, proxy: FaultProxy,
+                                              via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a", "b")
+    proxy.add(Rule(CloseWatch(), kind="watch", times=1))
+    with via_proxy.stream("GET", configmaps(namespace), params={"watch": "true"}) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["Content-Type"] == "application/json"
+        assert stream.read() == b""
+    assert not proxy.requests(kind="watch")[-1].forwarded
+    proxy.add(Rule(CloseWatch(after_events=1), kind="watch", times=1))
+    events, error = watch_lines(via_proxy, namespace)
+    assert error is None and [e["object"]["metadata"]["name"] for e in events] == ["a"]
+    assert proxy.requests(kind="watch")[-1].forwarded
+    wait_for(lambda: watches_ended(control_plane, namespace) == 1, 5, "the upstream watch to end")
+
+
+def test_error_event_in_stream(control_plane: LocalControlPlane, proxy: FaultProxy,
+                               via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a", "b")
+    proxy.add(Rule(ErrorEvent(after_events=1), kind="watch", times=1))
+    events, error = watch_lines(via_proxy, namespace)
+    assert error is None
+    assert [e["type"] for e in events] == ["ADDED", "ERROR"]
+    assert {k: events[1]["object"][k] for k in ("kind", "status", "code", "reason")} == {
+        "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired"}
+
+
+def test_stop_closes_every_connection(control_plane: LocalControlPlane, tester: Path,
+                                      namespace: str) -> None:
+    threads = threading.active_count()
+    with FaultProxy.for_control_plane(control_plane) as own:
+        held = own.add(Rule(Stall(), kind="write"))
+
+        def write() -> None:
+            with client_from(tester) as writer, contextlib.suppress(httpx.TransportError):
+                writer.base_url = httpx.URL(own.url)
+                writer.post(configmaps(namespace), json={"metadata": {"name": "never"}})
+
+        with client_from(tester) as client:
+            client.base_url = httpx.URL(own.url)
+            with client.stream("GET", configmaps(namespace), params={"watch": "true"}) as watch:
+                assert watch.status_code == 200
+                writing = threading.Thread(target=write)
+                writing.start()
+                wait_for(lambda: own.requests(rule=held), 5, "the proxy to hold the write")
+                own.stop()
+                with pytest.raises(httpx.TransportError):
+                    watch.read()
+                writing.join(5)
+                assert not writing.is_alive()
+        assert not own.requests(rule=held)[0].forwarded
+        wait_for(lambda: watches_ended(control_plane, namespace), 5, "the upstream watch to end")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", own.port), timeout=2).close()
+    assert threading.active_count() == threads
+    assert not audit_by(control_plane, TESTER, namespace=namespace, name="never")
+
+
+# --- service-account identities ---------------------------------------------------------------
+
+
+async def test_service_account_is_authorized_by_its_rules_only(
+        control_plane: LocalControlPlane, proxy: FaultProxy, tester: Path, namespace: str) -> None:
+    reader = control_plane.service_account_kubeconfig(
+        SA_NAMESPACE, "reader", [{"apiGroups": [""], "resources": ["configmaps"],
+                                  "verbs": ["get", "list"]}], server=proxy.url)
+    username = f"system:serviceaccount:{SA_NAMESPACE}:reader"
+    create_configmaps(control_plane, namespace, "seen")
+    api = await kr8s.asyncio.api(kubeconfig=str(reader))  # the reconciler's client, unchanged
+    assert [c.name async for c in api.get("configmaps", namespace=namespace)] == ["seen"]
+    with client_from(reader) as client:
+        denied = client.post(configmaps(namespace), json={"metadata": {"name": "x"}})
+        assert denied.status_code == 403 and username in denied.json()["message"]
+        assert client.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
+        # A rule can single out one identity by its token.
+        token = client.headers["Authorization"].removeprefix("Bearer ")
+        proxy.add(Rule(Status(500), user_token=token))
+        assert client.get(configmaps(namespace)).status_code == 500
+        with client_from(tester) as other:
+            assert other.get(configmaps(namespace)).status_code == 200
+    events = await eventually(lambda: [(e["verb"], e["objectRef"]["resource"],
+                                        e["responseStatus"]["code"])
+                                       for e in audit_by(control_plane, username, namespace=namespace)
+                                       ] or None, 5, "the reader's requests in the audit log")
+    assert events == [("list", "configmaps", 200), ("create", "configmaps", 403),
+                      ("list", "secrets", 403)]
+    assert not proxy.requests(kind="other", answer="status")  # discovery was not refused
+
+
+async def test_certificate_identity_is_presented_upstream(control_plane: LocalControlPlane,
+                                                          namespace: str) -> None:
+    user = "faultproxy-certificate-user"
+    control_plane.grant(user, CONFIGMAPS)
+    create_configmaps(control_plane, namespace, "seen")
+    with FaultProxy.for_control_plane(control_plane, as_user=user) as own:
+        kubeconfig = control_plane.identity_kubeconfig(user, server=own.url)
+        api = await kr8s.asyncio.api(kubeconfig=str(kubeconfig))
+        assert [c.name async for c in api.get("configmaps", namespace=namespace)] == ["seen"]
+    assert await eventually(lambda: audit_by(control_plane, user, namespace=namespace), 5,
+                            "the proxy's identity in the audit log")
+
+
+def test_bound_token_is_revoked_with_its_secret_and_rotated_in_place(
+        control_plane: LocalControlPlane, proxy: FaultProxy, namespace: str) -> None:
+    kubeconfig = control_plane.service_account_kubeconfig(
+        SA_NAMESPACE, f"bound-{uuid.uuid4().hex[:6]}", CONFIGMAPS, server=proxy.url,
+        bound_secret="token-holder")
+    with client_from(kubeconfig) as old:
+        assert old.get(configmaps(namespace)).status_code == 200
+        with control_plane.client() as admin:
+            admin.delete(f"/api/v1/namespaces/{SA_NAMESPACE}/secrets/token-holder"
+                         ).raise_for_status()
+        new_token = control_plane.rotate_service_account_token(kubeconfig)
+        assert old.headers["Authorization"] != f"Bearer {new_token}"
+        with client_from(kubeconfig) as rotated:  # re-read from the same file
+            assert rotated.headers["Authorization"] == f"Bearer {new_token}"
+            assert rotated.get(configmaps(namespace)).status_code == 200
+            # The API server caches a token's successful authentication for 10 s.
+            refused = wait_for(lambda: (r := old.get(configmaps(namespace))).status_code == 401
+                               and r, 15, "the old token to be refused", interval=0.2)
+            assert refused.json()["reason"] == "Unauthorized"
+            assert proxy.requests(kind="list")[-1].forwarded  # the API server said it
+            assert rotated.get(configmaps(namespace)).status_code == 200
+    # A token that was never used is not in that cache: refused as soon as its Secret is gone.
+    claims = token_claims(new_token)["kubernetes.io"]
+    with control_plane.client() as admin:
+        admin.delete(f"/api/v1/namespaces/{SA_NAMESPACE}/secrets/token-holder").raise_for_status()
+    unused = control_plane.service_account_token(
+        SA_NAMESPACE, claims["serviceaccount"]["name"], bound_secret="token-holder")
+    with control_plane.client() as admin:
+        admin.delete(f"/api/v1/namespaces/{SA_NAMESPACE}/secrets/token-holder").raise_for_status()
+    with client_from(kubeconfig) as client:
+        client.headers["Authorization"] = f"Bearer {unused}"
+        assert client.get(configmaps(namespace)).status_code == 401
