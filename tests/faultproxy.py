@@ -207,9 +207,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 @attrs.frozen
 class Delay:
-    """Wait `seconds`, then forward (not at all if the client leaves meanwhile)."""
+    """Wait `seconds`, then forward (not at all if the client leaves meanwhile). With
+    `lands_anyway=True` the request is as good as at the API server already (a slow webhook,
+    a slow etcd): it is forwarded after the delay even if its client has given up on it."""
 
     seconds: float
+    lands_anyway: bool = False
     name = "delay"
 
 
@@ -365,6 +368,8 @@ class FaultProxy:
         self._web: web.Server | None = None
         self._listener: asyncio.Server | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Requests delayed with lands_anyway whose client may be gone: sent all the same.
+        self._landing: set[asyncio.Future[aiohttp.ClientResponse]] = set()
         self.port = 0
 
     @classmethod
@@ -455,8 +460,16 @@ class FaultProxy:
         self._listener = await loop.create_server(self._web, "127.0.0.1", 0, ssl=server_tls)
         self.port = self._listener.sockets[0].getsockname()[1]
 
+    def _landed(self, sending: asyncio.Future[aiohttp.ClientResponse]) -> None:
+        """The answer to a request that landed after its client left: nobody reads it."""
+        self._landing.discard(sending)
+        if not sending.cancelled() and sending.exception() is None:
+            sending.result().close()
+
     async def _shutdown(self) -> None:
         assert self._listener is not None and self._web is not None and self._session is not None
+        for sending in list(self._landing):
+            sending.cancel()
         self._listener.close()
         for connection in list(self._web.connections):
             if connection.transport is not None:
@@ -565,6 +578,8 @@ class FaultProxy:
                 return await self._reset(request, web.StreamResponse(), exchange)
             case Stall():
                 await answer.wait()
+            case Delay(lands_anyway=True):
+                return await self._forward(request, answer, exchange, delay=answer.seconds)
             case Delay():
                 await asyncio.sleep(answer.seconds)
             case CloseWatch(after_events=0) | ErrorEvent(after_events=0):
@@ -589,18 +604,35 @@ class FaultProxy:
         return response
 
     async def _forward(self, request: web.BaseRequest, answer: Answer,
-                       exchange: Exchange) -> web.StreamResponse:
-        assert self._session is not None
+                       exchange: Exchange, delay: float | None = None) -> web.StreamResponse:
+        """`delay`: send upstream after this long, whether or not the client is still there."""
+        session = self._session
+        assert session is not None
         body = await request.content.read()  # all of it: no client_max_size for the proxy
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         # Uncompressed bodies, so stream answers can count events in them.
         headers["Accept-Encoding"] = "identity"
-        self._update(exchange, forwarded=True)
-        try:
-            upstream = await self._session.request(
+
+        async def send() -> aiohttp.ClientResponse:
+            if delay is not None:
+                await asyncio.sleep(delay)
+            self._update(exchange, forwarded=True)
+            return await session.request(
                 request.method, URL(self.upstream + request.raw_path, encoded=True),
                 headers=headers, data=body if body else None, allow_redirects=False)
+
+        try:
+            if delay is None:
+                upstream = await send()
+            else:
+                sending = asyncio.ensure_future(send())
+                try:
+                    upstream = await asyncio.shield(sending)
+                except asyncio.CancelledError:  # the client left: the request lands all the same
+                    self._landing.add(sending)
+                    sending.add_done_callback(self._landed)
+                    raise
         except (aiohttp.ClientError, OSError):
             return await self._reset(request, web.StreamResponse(), exchange)
         try:

@@ -374,7 +374,9 @@ class LocalControlPlane:
         """A kubeconfig that authenticates as `user` (no permissions unless RBAC grants them);
         `server`: another address for the API server."""
         pair = self.ca.client(user, groups)
-        path = self.workdir / f"{user.replace(':', '_')}.kubeconfig"
+        # one file per (user, server): a kubeconfig for a proxy must not replace the direct one
+        via = f"-via-{server.rsplit(':', 1)[-1]}" if server else ""
+        path = self.workdir / f"{user.replace(':', '_')}{via}.kubeconfig"
         path.write_text(kubeconfig_yaml(server or self.server, self.ca.cert_pem, user,
                                         pair.cert_pem, pair.key_pem, namespace))
         return path

@@ -1,0 +1,250 @@
+"""Faults the real API server will not make on demand, from the fault proxy between the
+reconciler and the real kube-apiserver: refusals before the first LIST, during pagination,
+mid-watch and during writes; streams cut, closed at once, silent, or ended with 410."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.controller import ControllerConfig
+from tests.controlplane.launcher import LocalControlPlane
+from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually
+from tests.e2e.nimbus import create_binding, create_nimbus_policy, kubearmor_policies, rule
+from tests.faultproxy import (
+    CloseWatch,
+    ErrorEvent,
+    FaultProxy,
+    Reset,
+    Rule,
+    Stall,
+    Status,
+)
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def proxy(control_plane: LocalControlPlane, reconciler_kubeconfig: Path) -> Iterator[FaultProxy]:
+    """A proxy presenting the reconciler's identity (bound to config/rbac) upstream."""
+    with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def through(proxy: FaultProxy, control_plane: LocalControlPlane, namespace: str,
+                  synced: bool = True, **config: Any) -> AsyncIterator[RunningReconciler]:
+    """The reconciler, in this event loop, talking to the API server through the proxy."""
+    kubeconfig = control_plane.identity_kubeconfig(RECONCILER_USER, server=proxy.url)
+    running = RunningReconciler(kubeconfig, ControllerConfig(namespaces=(namespace,), **config))
+    await (running.start() if synced else running.start_unsynced())
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def names(api: httpx.AsyncClient, namespace: str) -> set[str]:
+    response = await api.get(kubearmor_policies(namespace))
+    response.raise_for_status()
+    return {p["metadata"]["name"] for p in response.json()["items"]}
+
+
+async def has(api: httpx.AsyncClient, namespace: str, *wanted: str) -> bool:
+    return set(wanted) <= await names(api, namespace)
+
+
+def relists(reconciler: RunningReconciler, resource: str) -> float:
+    return reconciler.metric("nimbus_kubearmor_relists_total", resource=resource)
+
+
+async def test_lists_refused_at_start_up_then_ready_within_seconds(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """An overloaded or restarting API server answers /version and discovery but refuses the
+    LISTs: no watch may start from nothing, nothing is ready, nothing reconciles; once LISTs
+    work again it is ready within seconds."""
+    await create_nimbus_policy(api, namespace, "early", [rule("dnsManipulation")])
+    refusals = [Rule(Status(503, retry_after=1), kind="list", times=2),
+                Rule(Reset(), kind="list", times=2),
+                Rule(Status(429, retry_after=1), kind="list", times=2)]
+    for refusal in refusals:
+        proxy.add(refusal)
+    async with through(proxy, control_plane, namespace, synced=False) as reconciler:
+        controller = reconciler.controller
+        assert controller is not None
+        await eventually(lambda: all(r.hits == r.times for r in refusals[:-1])
+                         and refusals[-1].hits >= 1, timeout=30, what="the LISTs refused")
+        assert controller.readiness(), "ready without a LIST"
+        # what it must not do: watch from "" (a store filled by synthetic ADDED events, with no
+        # LIST ever completing: never ready), or reconcile from a half-filled cache
+        assert not [e for e in proxy.requests(kind="watch") if "resourceVersion=&" in e.query
+                    or e.query.endswith("resourceVersion=")]
+        assert await names(api, namespace) == set()
+        await eventually(lambda: refusals[-1].hits == 2, timeout=10, what="the last refusal")
+        allowed = time.monotonic()
+        await eventually(lambda: not controller.readiness(), timeout=10, interval=0.02,
+                         what="ready once LISTs work")
+        print(f"ready {time.monotonic() - allowed:.2f}s after the LISTs worked again")
+        assert time.monotonic() - allowed < 5
+        await eventually(lambda: has(api, namespace, "early-dnsmanipulation"), what="convergence")
+        watches = proxy.requests(kind="watch")
+        assert watches and all("resourceVersion=" in e.query and "resourceVersion=&" not in e.query
+                               for e in watches)
+
+
+async def test_faults_during_pagination(api: httpx.AsyncClient, namespace: str,
+                                        control_plane: LocalControlPlane,
+                                        proxy: FaultProxy) -> None:
+    """A connection reset on a later page lists again; a 410 on an expired continue token
+    falls back to one full LIST, as client-go's pager does."""
+    binding = await create_binding(api, namespace, "paged", ["dnsManipulation"])
+    for i in range(11):
+        await create_nimbus_policy(api, namespace, f"np-{i:02d}", [rule("dnsManipulation")],
+                                   owner=binding)
+        (await api.post(kubearmor_policies(namespace), json={
+            "apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
+            "metadata": {"name": f"users-{i:02d}"},
+            "spec": {"selector": {"matchLabels": {}}, "file": {"matchPaths": [{"path": "/x"}]}}})
+         ).raise_for_status()
+
+    def continued(request: Any) -> bool:
+        return "continue" in request.query
+
+    reset = proxy.add(Rule(Reset(), kind="list", path="/nimbuspolicies", when=continued, times=1))
+    expired = proxy.add(Rule(Status(410, reason="Expired", message=(
+        "The provided continue parameter is too old to display a consistent list result.")),
+        kind="list", path="/kubearmorpolicies", when=continued, times=1))
+    async with through(proxy, control_plane, namespace, page_size=5) as reconciler:
+        assert reset.hits == 1 and expired.hits == 1
+        ksp_lists = proxy.requests(kind="list", path="/kubearmorpolicies")
+        assert "limit=5" in ksp_lists[0].query and "limit" not in ksp_lists[-1].query
+        assert len(ksp_lists) == 3  # page 1, the refused page 2, the full list
+        np_lists = proxy.requests(kind="list", path="/nimbuspolicies")
+        assert [("continue" in e.query) for e in np_lists] == [False, True, False, True, True]
+        await eventually(lambda: has(api, namespace, *(f"np-{i:02d}-dnsmanipulation"
+                                                       for i in range(11))),
+                         timeout=30, what="every NimbusPolicy's policy")
+        controller = reconciler.controller
+        assert controller is not None and len(controller.kubearmor_policies) == 22
+
+
+async def test_a_watch_closed_at_once_is_reopened_after_a_backoff_not_at_once(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+    async with through(proxy, control_plane, namespace) as reconciler:
+        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), what="convergence")
+        lists_before = relists(reconciler, "kubearmorpolicies")
+        closing = proxy.add(Rule(CloseWatch(), kind="watch", path="/kubearmorpolicies"))
+        proxy.reset_open(kind="watch", path="/kubearmorpolicies")
+
+        def closed() -> list[float]:
+            return [e.at for e in proxy.requests(rule=closing)]
+        await eventually(lambda: len(closed()) >= 3, timeout=30, what="three closed watches")
+        gaps = [b - a for a, b in itertools.pairwise(closed())]
+        print(f"reopened after {[round(g, 2) for g in gaps]} s")
+        # client-go's short-watch guard: a backoff each time (0.8 s doubling), not a hot loop
+        assert all(gap >= 0.75 for gap in gaps), gaps
+        assert reconciler.metric("nimbus_kubearmor_watch_restarts_total",
+                                 resource="kubearmorpolicies", reason="closed-at-once") >= 2
+        proxy.remove(closing)
+        controller = reconciler.controller
+        assert controller is not None
+        await eventually(lambda: not controller.readiness(), timeout=30, what="watching again")
+        assert relists(reconciler, "kubearmorpolicies") == lists_before  # the position held
+        (await api.delete(f"{kubearmor_policies(namespace)}/web-dnsmanipulation")).raise_for_status()
+        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), what="repair")
+
+
+async def test_streams_cut_silent_or_expired_mid_watch_lose_nothing(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    await create_nimbus_policy(api, namespace, "a", [rule("dnsManipulation")])
+    async with through(proxy, control_plane, namespace, watch_read_timeout=2.0) as reconciler:
+        await eventually(lambda: has(api, namespace, "a-dnsmanipulation"), what="convergence")
+        controller = reconciler.controller
+        assert controller is not None
+        before = {r: relists(reconciler, r) for r in ("kubearmorpolicies", "nimbuspolicies")}
+
+        # every stream cut at once; changes made while they are down arrive all the same,
+        # from the resourceVersion each had reached: no LIST of everything
+        assert proxy.reset_open(kind="watch") == 2
+        (await api.delete(f"{kubearmor_policies(namespace)}/a-dnsmanipulation")).raise_for_status()
+        await create_nimbus_policy(api, namespace, "b", [rule("pkgMgrs")])
+        await eventually(lambda: has(api, namespace, "a-dnsmanipulation", "b-pkgmgrs"),
+                         what="what changed during the cut")
+        assert {r: relists(reconciler, r) for r in before} == before
+
+        # a stream that goes silent (a stalled connection) is noticed after the read timeout
+        silent = proxy.add(Rule(Stall(), kind="watch", path="/nimbuspolicies", times=1))
+        proxy.reset_open(kind="watch", path="/nimbuspolicies")
+        await eventually(lambda: reconciler.metric("nimbus_kubearmor_watch_restarts_total",
+                                                   resource="nimbuspolicies", reason="Timeout") >= 1,
+                         timeout=20, what="the silence noticed")
+        assert silent.hits == 1
+        await create_nimbus_policy(api, namespace, "c", [rule("pkgMgrs")])
+        await eventually(lambda: has(api, namespace, "c-pkgmgrs"), timeout=20,
+                         what="a change after the silence")
+
+        # 410 in the stream: the position is gone; exactly one relist, then watching again
+        proxy.add(Rule(ErrorEvent(Status(410, reason="Expired", message="too old resource version")),
+                       kind="watch", path="/kubearmorpolicies", times=1))
+        proxy.reset_open(kind="watch", path="/kubearmorpolicies")
+        await eventually(lambda: relists(reconciler, "kubearmorpolicies")
+                         == before["kubearmorpolicies"] + 1, timeout=20, what="one relist")
+        await eventually(lambda: not controller.readiness(), timeout=20, what="watching again")
+        assert relists(reconciler, "kubearmorpolicies") == before["kubearmorpolicies"] + 1
+        assert relists(reconciler, "nimbuspolicies") == before["nimbuspolicies"]
+
+
+async def test_a_watch_ended_by_the_server_resumes_from_its_last_bookmark(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """The server ends every watch after timeoutSeconds (here 2 s), with a BOOKMARK first;
+    the next watch starts from the bookmark's resourceVersion, and no LIST is made."""
+    async with through(proxy, control_plane, namespace, watch_timeout=(2, 2)) as reconciler:
+        await eventually(lambda: len(proxy.requests(kind="watch", path="/kubearmorpolicies")) >= 3,
+                         timeout=20, what="watches ended by the server and reopened")
+        queries = [e.query for e in proxy.requests(kind="watch", path="/kubearmorpolicies")]
+        versions = [int(q.split("resourceVersion=")[1].split("&")[0]) for q in queries]
+        assert versions == sorted(versions) and "allowWatchBookmarks=true" in queries[0]
+        assert relists(reconciler, "kubearmorpolicies") == 1
+        await create_nimbus_policy(api, namespace, "late", [rule("dnsManipulation")])
+        await eventually(lambda: has(api, namespace, "late-dnsmanipulation"), what="convergence")
+
+
+async def test_refused_and_broken_writes_are_retried_with_backoff_and_retry_after(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    async with through(proxy, control_plane, namespace):
+        busy = proxy.add(Rule(Status(429, retry_after=2), kind="write", method="POST",
+                              path="/kubearmorpolicies", times=1))
+        unavailable = proxy.add(Rule(Status(503), kind="write", method="POST",
+                                     path="/kubearmorpolicies", times=2))
+        broken = proxy.add(Rule(Reset(), kind="write", method="PATCH", path="/status", times=1))
+        await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), timeout=30,
+                         what="the policy once the server takes it")
+        await eventually(lambda: _status_lists(api, namespace, "web", "web-dnsmanipulation"),
+                         what="the status, written after a reset")
+        posts = [e.at for e in proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")]
+        assert busy.hits == 1 and unavailable.hits == 2 and broken.hits == 1 and len(posts) == 4
+        print(f"creates after {[round(b - a, 3) for a, b in itertools.pairwise(posts)]} s")
+        assert posts[1] - posts[0] >= 2.0  # Retry-After honoured
+        # then the per-key backoff (5 ms doubling: the third failure waits 10 ms, the fourth 20)
+        assert posts[2] - posts[1] >= 0.01 and posts[3] - posts[2] >= 0.02
+
+
+async def _status_lists(api: httpx.AsyncClient, namespace: str, name: str, policy: str) -> bool:
+    response = await api.get(f"/apis/intent.security.nimbus.com/v1alpha1/namespaces/{namespace}"
+                             f"/nimbuspolicies/{name}")
+    status = response.json().get("status") or {}
+    return status.get("adapterPolicies") == [f"KubeArmorPolicy/{policy}"]
