@@ -4,6 +4,7 @@ SIGTERM releases the Lease and the standby takes over within 2 s."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -15,19 +16,23 @@ import yaml
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import writes_by
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
+from tests.faultproxy import Delay, FaultProxy, Rule
 from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "nimbus-kubearmor-leader"
 
 
-def replica(control_plane: LocalControlPlane, name: str, namespace: str) -> ReconcilerProcess:
-    """A replica as its own identity, bound to config/rbac (the Lease Role in `namespace`)."""
+def replica(control_plane: LocalControlPlane, name: str, namespace: str, *args: str,
+            server: str | None = None) -> ReconcilerProcess:
+    """A replica as its own identity, bound to config/rbac (the Lease Role in `namespace`);
+    `server`: talk to the API server through this address (a fault proxy)."""
     rbac = REPO / "config" / "rbac"
     control_plane.grant(name, yaml.safe_load((rbac / "role.yaml").read_text())["rules"])
     control_plane.grant_in_namespace(
         name, namespace, yaml.safe_load((rbac / "leader_election_role.yaml").read_text())["rules"])
-    return ReconcilerProcess(control_plane.identity_kubeconfig(name), namespace, "--leader-elect",
+    return ReconcilerProcess(control_plane.identity_kubeconfig(name, server=server), namespace,
+                             "--leader-elect", *args,
                              env={"POD_NAME": name, "POD_NAMESPACE": namespace})
 
 
@@ -80,3 +85,45 @@ async def test_only_the_leader_writes_and_failover(api: httpx.AsyncClient, names
 def _policies(control_plane: LocalControlPlane, namespace: str) -> list[dict[str, Any]]:
     with control_plane.client() as client:
         return client.get(kubearmor_policies(namespace)).json()["items"]  # type: ignore[no-any-return]
+
+
+def _received(event: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+
+
+async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane) -> None:
+    """SIGTERM while the leader's writes are slow to land (a slow webhook or etcd: a request
+    sent is as good as applied, whether or not its client waits). The leader takes no new keys,
+    gives its reconciles the grace period, cancels the rest and, since a cancelled write may
+    still land, does not hand the Lease over early: the standby takes it when it expires."""
+    fast = ("--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s",
+            "--leader-elect-retry-period", "1s")
+    with FaultProxy.for_control_plane(control_plane, as_user="slow-a") as proxy, \
+            replica(control_plane, "slow-a", namespace, *fast, server=proxy.url) as a, \
+            replica(control_plane, "slow-b", namespace, *fast) as b:
+        a.start()
+        wait_for(lambda: holder(control_plane, namespace) == "slow-a", 30, "a to lead")
+        b.start()
+        wait_for(b.ready, 30, "the standby to be ready")
+        slow = proxy.add(Rule(Delay(3.0, lands_anyway=True), kind="write", method="POST",
+                              path="/kubearmorpolicies"))
+        mark = len(control_plane.audit_events())
+        await create_nimbus_policy(api, namespace, "slow", [rule("escapeToHost")])
+        wait_for(lambda: slow.hits >= 1, 30, "a's first create to be on its way")
+        stopped = time.monotonic()
+        assert a.stop(signal.SIGTERM) == 0
+        print(f"the old leader stopped in {time.monotonic() - stopped:.1f}s")
+        wait_for(lambda: holder(control_plane, namespace) == "slow-b", 30, "b to take over")
+        wait_for(lambda: len(_policies(control_plane, namespace)) == 3, 30, "b to converge")
+        wait_for(lambda: len([e for e in writes_by(control_plane, "slow-a", mark)
+                              if e["verb"] == "create"]) >= slow.hits, 30,
+                 "every create a sent to land")
+        old = writes_by(control_plane, "slow-a", mark)
+        new = writes_by(control_plane, "slow-b", mark)
+        last_old, first_new = max(map(_received, old)), min(map(_received, new))
+        print(f"{slow.hits} slow creates; the old leader's last write "
+              f"{(first_new - last_old).total_seconds():.2f}s before the new leader's first")
+        assert last_old < first_new, [(e["verb"], e["objectRef"].get("resource"),
+                                       e["requestReceivedTimestamp"]) for e in old]
+        assert "not releasing the lease" in a.log_text()
