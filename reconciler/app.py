@@ -15,6 +15,7 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from .controller import Controller, ControllerConfig, Outcome, summary_counts
 from .kube import KubeClient
 from .leaderelection import LeaderElectionConfig, LeaderElector
+from .logs import escape_control
 from .manager import Manager
 from .metrics import Metrics
 from .server import Servers
@@ -101,12 +102,12 @@ def print_summary(outcomes: Sequence[Outcome], dry_run: bool, out: TextIO) -> No
         if o.skipped:
             actions.append(f"skipped ({o.skipped})")
         if actions:
-            print(f"NimbusPolicy {o.key}: " + "; ".join(actions), file=out)
+            print(escape_control(f"NimbusPolicy {o.key}: " + "; ".join(actions)), file=out)
     problems = [p for o in outcomes for p in o.problems]
     if problems:
         print("problems:", file=out)
         for problem in problems:
-            print(f"  {problem}", file=out)
+            print(f"  {escape_control(str(problem))}", file=out)
     counts = summary_counts(outcomes)
     skipped = sum(1 for o in outcomes if o.skipped)
     print(f"{'dry run: ' if dry_run else ''}{len(outcomes)} NimbusPolicies ({skipped} skipped): "

@@ -37,7 +37,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NEEDS_QUOTES = re.compile(r'[\s="\\]')
 
 
-def _escape_control(text: str) -> str:
+def escape_control(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
@@ -47,7 +47,7 @@ def text_value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if text and not _NEEDS_QUOTES.search(text) and not _CONTROL.search(text):
         return text
-    return '"' + _escape_control(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+    return '"' + escape_control(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class TextFormatter(logging.Formatter):
@@ -57,7 +57,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
         fields = " ".join(f"{k}={text_value(v)}" for k, v in _fields(record).items())
-        message = _escape_control(record.getMessage())
+        message = escape_control(record.getMessage())
         line = f"{stamp} {record.levelname:<7} {message}" + (f"  {fields}" if fields else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

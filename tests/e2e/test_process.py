@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,26 @@ async def test_once_exits_1_when_writes_fail(api: httpx.AsyncClient, namespace: 
     assert result.returncode == 1
     assert "FAILED: 403 Forbidden" in result.stdout
     assert "failed 1" in result.stdout.splitlines()[-1]
+
+
+async def test_text_logs_and_the_summary_escape_what_users_wrote(
+        api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
+    """A rule id is the user's text: a newline in it must not forge a log or summary line."""
+    forged = "dns\n12:00:00.000 ERROR   forged line  nimbuspolicy=x\x1b[31m"
+    await create_nimbus_policy(api, namespace, "evil", [rule(forged), rule("pkgMgrs")])
+    result = subprocess.run([sys.executable, "-m", "reconciler", "--kubeconfig",
+                             str(reconciler_kubeconfig), "--log-format", "text", "--once",
+                             "--namespace", namespace], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert any("unknown intent" in line for line in lines)
+    for line in lines:
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR) ", line), line
+        assert "\x1b" not in line
+    summary = result.stdout.splitlines()
+    assert not [line for line in summary if line.startswith("12:00")]
+    assert any("dns\\n12:00:00.000 ERROR" in line for line in summary), summary
 
 
 def _get(url: str) -> httpx.Response:
