@@ -213,3 +213,52 @@ async def test_not_ready_until_every_cache_has_listed_then_ready_within_seconds(
         await eventually(lambda: _has(api, namespace, "early-dnsmanipulation"), what="convergence")
     finally:
         await running.stop()
+
+
+async def test_a_revoked_token_is_replaced_from_the_rotated_file_without_breaking_watches(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane) -> None:
+    """In a pod the kubelet rotates the token file; once the old token stops working (here:
+    the Secret it was bound to is deleted) the API server answers 401. The reconciler reads the
+    credentials again once and carries on: the watches opened with the old token stay open."""
+    rules = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())["rules"]
+    account = f"rotating-{uuid.uuid4().hex[:6]}"
+    kubeconfig = control_plane.service_account_kubeconfig(namespace, account, rules,
+                                                           bound_secret=f"{account}-1")
+    old_token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+    running = RunningReconciler(kubeconfig, ControllerConfig(namespaces=(namespace,)))
+    await running.start()
+    try:
+        await create_nimbus_policy(api, namespace, "before", [rule("dnsManipulation")])
+        await eventually(lambda: _has(api, namespace, "before-dnsmanipulation"), what="convergence")
+        control_plane.rotate_service_account_token(kubeconfig, bound_secret=f"{account}-2")
+        with control_plane.client() as client:
+            client.delete(f"/api/v1/namespaces/{namespace}/secrets/{account}-1").raise_for_status()
+        # the API server caches a token's successful authentication for 10 s
+        mark = len(control_plane.audit_events())
+        async with httpx.AsyncClient(base_url=control_plane.server, verify=False) as tokens:
+            await eventually(lambda: _refused(tokens, old_token), timeout=20, interval=0.5,
+                             what="the old token to be refused")
+        await create_nimbus_policy(api, namespace, "after", [rule("dnsManipulation")])
+        await eventually(lambda: _has(api, namespace, "after-dnsmanipulation"), what="convergence")
+        user = f"system:serviceaccount:{namespace}:{account}"
+        # (a refused authentication is audited without a user, at stage ResponseStarted)
+        answers = [e["responseStatus"]["code"] for e in control_plane.audit_events()[mark:]
+                   if e["user"].get("username") in (user, None) and e["verb"] == "create"
+                   and e["objectRef"].get("namespace") == namespace]
+        assert answers[:2] == [401, 201], answers  # refused once, then sent with the new token
+        restarts = sum(s.value for f in running.metrics.registry.collect()
+                       if f.name == "nimbus_kubearmor_watch_restarts" for s in f.samples
+                       if s.name.endswith("_total"))
+        assert restarts == 0
+        (await api.delete(f"{kubearmor_policies(namespace)}/before-dnsmanipulation")
+         ).raise_for_status()
+        await eventually(lambda: _has(api, namespace, "before-dnsmanipulation"),
+                         what="a repair, seen through a watch opened with the old token")
+    finally:
+        await running.stop()
+
+
+async def _refused(client: httpx.AsyncClient, token: str) -> bool:
+    response = await client.get("/api/v1/namespaces/default",
+                                headers={"Authorization": f"Bearer {token}"})
+    return response.status_code == 401
