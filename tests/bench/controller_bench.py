@@ -171,7 +171,7 @@ class Bench:
         return 0.0
 
     def writes_since(self, mark: int) -> tuple[int, int]:
-        events = [e for e in self.cp.audit_events()[mark:] if e["user"]["username"] == USER]
+        events = [e for e in self.cp.audit_events()[mark:] if e["user"].get("username") == USER]
         writes = [e for e in events if e["verb"] in ("create", "update", "patch", "delete")]
         return len(writes), len(events)
 

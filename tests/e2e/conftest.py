@@ -104,4 +104,4 @@ async def reconciler(reconciler_kubeconfig: Path, namespace: str
 def writes_by(control_plane: LocalControlPlane, user: str, since: int = 0) -> list[dict[str, Any]]:
     """Write requests `user` made, from the API server's audit log (entries after `since`)."""
     return [e for e in control_plane.audit_events()[since:]
-            if e["user"]["username"] == user and e["verb"] in WRITE_VERBS]
+            if e["user"].get("username") == user and e["verb"] in WRITE_VERBS]

@@ -119,7 +119,7 @@ def watches_ended(control_plane: LocalControlPlane, namespace: str) -> int:
 def audit_by(control_plane: LocalControlPlane, username: str, **match: str) -> list[dict[str, Any]]:
     """Audit events of `username`, whose objectRef has every field in `match`."""
     return [e for e in control_plane.audit_events()
-            if e["user"]["username"] == username and e["stage"] == "ResponseComplete"
+            if e["user"].get("username") == username and e["stage"] == "ResponseComplete"
             and all(e.get("objectRef", {}).get(k) == v for k, v in match.items())]
 
 

@@ -86,7 +86,7 @@ async def test_expired_watch_relists_once(api: httpx.AsyncClient, namespace: str
         wait_for(lambda: policy_names(control_plane, namespace) == AFTER, 90,
                  "every change made before the compaction to converge")
         requests = [e for e in control_plane.audit_events()[mark:]
-                    if e["user"]["username"] == RECONCILER_USER and e["stage"] == "ResponseComplete"]
+                    if e["user"].get("username") == RECONCILER_USER and e["stage"] == "ResponseComplete"]
         lists = [e for e in requests if e["verb"] == "list"]
         watches = [e for e in requests if e["verb"] == "watch"]
         # one relist per reflector (NimbusPolicies, KubeArmorPolicies), no hot loop
@@ -176,7 +176,7 @@ async def test_a_competing_writer_is_outlasted_not_fought(
                 return client.get(url).json()["spec"]["action"] == "Block"  # type: ignore[no-any-return]
         wait_for(reverted, 30, "the policy to be put right after the other writer stopped")
         ours = [e for e in control_plane.audit_events()[mark:]
-                if e["user"]["username"] == RECONCILER_USER and e["verb"] == "patch"
+                if e["user"].get("username") == RECONCILER_USER and e["verb"] == "patch"
                 and e.get("objectRef", {}).get("name") == name]
         during = [e for e in ours if e["stage"] == "ResponseComplete"]
         print(f"{len(during)} corrections against 100 writes in {fight:.1f}s")

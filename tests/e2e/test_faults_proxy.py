@@ -224,27 +224,56 @@ async def test_a_watch_ended_by_the_server_resumes_from_its_last_bookmark(
 async def test_refused_and_broken_writes_are_retried_with_backoff_and_retry_after(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
         proxy: FaultProxy) -> None:
+    def creates() -> list[tuple[float, int | None]]:
+        return [(e.at, e.status) for e in proxy.requests(kind="write", method="POST",
+                                                          path="/kubearmorpolicies")]
+
     async with through(proxy, control_plane, namespace):
-        busy = proxy.add(Rule(Status(429, retry_after=2), kind="write", method="POST",
-                              path="/kubearmorpolicies", times=1))
-        unavailable = proxy.add(Rule(Status(503), kind="write", method="POST",
-                                     path="/kubearmorpolicies", times=2))
+        # a failed create does not stop the others of the same reconcile
+        proxy.add(Rule(Status(500), kind="write", method="POST", path="/kubearmorpolicies",
+                       times=1))
+        await create_nimbus_policy(api, namespace, "three", [rule("escapeToHost")])
+        await eventually(lambda: _status_lists(api, namespace, "three", 3), timeout=30,
+                         what="all three policies")
+        assert [status for _, status in creates()][:3] == [500, 201, 201]
+        # 429 with Retry-After, then 503s, then success; a reset status write is retried too
+        mark = len(creates())
+        proxy.add(Rule(Status(429, retry_after=2), kind="write", method="POST",
+                       path="/kubearmorpolicies", times=1))
+        proxy.add(Rule(Status(503), kind="write", method="POST", path="/kubearmorpolicies",
+                       times=2))
         broken = proxy.add(Rule(Reset(), kind="write", method="PATCH", path="/status", times=1))
-        await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
-        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), timeout=30,
-                         what="the policy once the server takes it")
-        await eventually(lambda: _status_lists(api, namespace, "web", "web-dnsmanipulation"),
-                         what="the status, written after a reset")
-        posts = [e.at for e in proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")]
-        assert busy.hits == 1 and unavailable.hits == 2 and broken.hits == 1 and len(posts) == 4
-        print(f"creates after {[round(b - a, 3) for a, b in itertools.pairwise(posts)]} s")
-        assert posts[1] - posts[0] >= 2.0  # Retry-After honoured
+        await create_nimbus_policy(api, namespace, "one", [rule("dnsManipulation")])
+        await eventually(lambda: _status_lists(api, namespace, "one", 1), timeout=30,
+                         what="the policy once the server takes it, and the status")
+        posts = creates()[mark:]
+        assert [status for _, status in posts] == [429, 503, 503, 201] and broken.hits == 1
+        times = [at for at, _ in posts]
+        print(f"creates after {[round(b - a, 3) for a, b in itertools.pairwise(times)]} s")
+        assert times[1] - times[0] >= 2.0  # Retry-After honoured
         # then the per-key backoff (5 ms doubling: the third failure waits 10 ms, the fourth 20)
-        assert posts[2] - posts[1] >= 0.01 and posts[3] - posts[2] >= 0.02
+        assert times[2] - times[1] >= 0.01 and times[3] - times[2] >= 0.02
 
 
-async def _status_lists(api: httpx.AsyncClient, namespace: str, name: str, policy: str) -> bool:
+async def test_an_expired_watch_relists_at_once_but_never_in_a_hot_loop(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    async with through(proxy, control_plane, namespace) as reconciler:
+        gone = proxy.add(Rule(ErrorEvent(Status(410, reason="Expired", message="too old")),
+                              kind="watch", path="/kubearmorpolicies", times=3))
+        proxy.reset_open(kind="watch", path="/kubearmorpolicies")
+        await eventually(lambda: relists(reconciler, "kubearmorpolicies") == 4, timeout=30,
+                         what="three relists")
+        lists = [e.at for e in proxy.requests(kind="list", path="/kubearmorpolicies")]
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(lists)]
+        print(f"relisted after {gaps} s")
+        # a 410 relists at once, but one straight after a relist waits for a backoff: never two
+        # relists in a row without one
+        assert gone.hits == 3 and lists[3] - lists[1] >= 0.75
+
+
+async def _status_lists(api: httpx.AsyncClient, namespace: str, name: str, count: int) -> bool:
     response = await api.get(f"/apis/intent.security.nimbus.com/v1alpha1/namespaces/{namespace}"
                              f"/nimbuspolicies/{name}")
     status = response.json().get("status") or {}
-    return status.get("adapterPolicies") == [f"KubeArmorPolicy/{policy}"]
+    return len(status.get("adapterPolicies") or []) == count
