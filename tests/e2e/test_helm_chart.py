@@ -289,13 +289,28 @@ def _service_account_kubeconfig(control_plane: LocalControlPlane, namespace: str
     return path, token
 
 
+@pytest.fixture
+def samples(control_plane: LocalControlPlane) -> Iterator[None]:
+    """config/samples' SecurityIntents (cluster-scoped), removed afterwards: config/'s tests
+    dry-run creating them."""
+    intents = [d for d in yaml.safe_load_all((SAMPLES / "securityintents.yaml").read_text()) if d]
+    created = []
+    with control_plane.client() as client:
+        for intent in intents:
+            response = client.post(f"{GROUP}/securityintents", json=intent)
+            assert response.status_code in (201, 409), response.text
+            if response.status_code == 201:
+                created.append(intent["metadata"]["name"])
+    yield
+    with control_plane.client() as client:
+        for name in created:
+            client.delete(f"{GROUP}/securityintents/{name}")
+
+
 def _apply_samples(client: httpx.Client, namespace: str) -> None:
-    """config/samples in `namespace`, the NimbusPolicies owned by their bindings as the Nimbus
-    core makes them."""
+    """config/samples' bindings and NimbusPolicies in `namespace`, the NimbusPolicies owned by
+    their bindings as the Nimbus core makes them."""
     load = lambda name: [d for d in yaml.safe_load_all((SAMPLES / name).read_text()) if d]  # noqa: E731
-    for intent in load("securityintents.yaml"):  # cluster-scoped: may exist from another test
-        response = client.post(f"{GROUP}/securityintents", json=intent)
-        assert response.status_code in (201, 409), response.text
     bindings = {}
     for binding in load("securityintentbinding.yaml"):
         binding["metadata"]["namespace"] = namespace
@@ -355,7 +370,7 @@ def release_namespace(request: pytest.FixtureRequest, control_plane: LocalContro
                          indirect=["release_namespace"])
 def test_install_converge_as_its_service_account_and_uninstall(
         helm: Helm, control_plane: LocalControlPlane, namespace: str, release_namespace: str,
-        shape: str, tmp_path: Path) -> None:
+        shape: str, tmp_path: Path, samples: None) -> None:
     values = {} if shape == "cluster-wide" else {"namespaces": [namespace]}
     notes = helm("install", RELEASE, CHART, "-n", release_namespace, "--create-namespace",
                  "-f", helm.values_file(values)).stdout
