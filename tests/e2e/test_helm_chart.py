@@ -128,7 +128,8 @@ def test_lint_and_the_values_schema(helm: Helm) -> None:
     for bad, field in ((["--set", "logFormat=xml"], "logFormat"),
                        (["--set", "replica=3"], "replica"),  # a typo, not silently ignored
                        (["--set", "namespaces={Not_A_Namespace}"], "namespaces"),
-                       (["--set", "extraArgs={resync-period=5m}"], "extraArgs")):
+                       (["--set", "extraArgs={resync-period=5m}"], "extraArgs"),
+                       (["--set", "serviceAccount.create=false"], "serviceAccount.name")):
         refused = helm("template", RELEASE, CHART, *bad, check=False)
         assert refused.returncode != 0 and field in refused.stderr, (bad, refused.stderr)
 
