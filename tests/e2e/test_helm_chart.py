@@ -8,7 +8,6 @@ namespaces only); and `helm uninstall` removes every object it created."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import os
 import signal
@@ -27,7 +26,12 @@ import yaml
 from reconciler.builder import desired_policies
 from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
-from tests.controlplane.launcher import ControlPlaneError, LocalControlPlane, wait_for
+from tests.controlplane.launcher import (
+    ControlPlaneError,
+    LocalControlPlane,
+    token_kubeconfig_yaml,
+    wait_for,
+)
 from tests.e2e.nimbus import GROUP, kubearmor_policies, nimbus_policies
 from tests.e2e.test_manifests import api_path, kustomize
 from tests.process import ReconcilerProcess
@@ -267,29 +271,6 @@ def test_rendered_objects_pass_server_side_dry_run(helm: Helm, control_plane: Lo
 
 # --- install, run as the chart's ServiceAccount, uninstall ---------------------------------------
 
-def _service_account_kubeconfig(control_plane: LocalControlPlane, namespace: str, name: str,
-                                path: Path) -> tuple[Path, str]:
-    """A kubeconfig holding a token for the ServiceAccount from the TokenRequest API, as the
-    kubelet would mount it. (Private here for now: the lead unifies it with the launcher's.)"""
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-               "spec": {"expirationSeconds": 3600}}
-    with control_plane.client() as client:
-        response = client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-                               json=request)
-        assert response.status_code == 201, response.text
-    token = str(response.json()["status"]["token"])
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "local", "cluster": {
-            "server": control_plane.server,
-            "certificate-authority-data": base64.b64encode(control_plane.ca.cert_pem).decode()}}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": name,
-                                                "namespace": namespace}}],
-    }))
-    return path, token
-
-
 @pytest.fixture
 def samples(control_plane: LocalControlPlane) -> Iterator[None]:
     """config/samples' SecurityIntents (cluster-scoped), removed afterwards: config/'s tests
@@ -404,8 +385,13 @@ def test_install_converge_as_its_service_account_and_uninstall(
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
 
-        kubeconfig, token = _service_account_kubeconfig(
-            control_plane, release_namespace, pod["serviceAccountName"], tmp_path / "sa.kubeconfig")
+        # As the kubelet would mount it: a token from the TokenRequest API, nothing else granted.
+        account = pod["serviceAccountName"]
+        token = control_plane.service_account_token(release_namespace, account)
+        kubeconfig = tmp_path / "serviceaccount.kubeconfig"
+        kubeconfig.write_text(token_kubeconfig_yaml(
+            control_plane.server, control_plane.ca.cert_pem,
+            f"system:serviceaccount:{release_namespace}:{account}", token, release_namespace))
         _check_what_the_token_may_do(control_plane, token, namespace, shape)
         with control_plane.client() as client:
             _apply_samples(client, namespace)
