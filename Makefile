@@ -9,7 +9,7 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv controlplane test unit e2e faults lint bench demo run render crds image push-image clean
+.PHONY: help venv controlplane tools test unit e2e faults lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,13 +26,16 @@ venv: $(VENV)/.installed ## Create the virtualenv and install dependencies
 controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl (cached by version)
 	$(PY) -m tests.controlplane.assets build
 
-test: controlplane ## Run every test: unit, and end-to-end on a throwaway local control plane
+tools: venv ## Build the tools tests run (helm) from the Go module proxy (cached by version)
+	$(PY) -m tests.tools.helm build
+
+test: controlplane tools ## Run every test: unit, and end-to-end on a throwaway local control plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane ## Run the end-to-end tests only
+e2e: controlplane tools ## Run the end-to-end tests only
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only

@@ -1,6 +1,7 @@
 """The objects we read and write, as frozen values, and their conversion to and from the JSON the
-API server speaks (camelCase names; unknown input fields ignored; no nulls or empty defaults in
-output, so what we send is exactly what the server stores and a drift check can compare dicts)."""
+API server speaks (camelCase names; unknown input fields ignored; no nulls, and no empty defaults
+but the ones upstream writes too, so what we send is exactly what the server stores and a drift
+check can compare dicts)."""
 
 from __future__ import annotations
 
@@ -198,12 +199,16 @@ class SyscallRules:
 
 @attrs.frozen
 class KubeArmorPolicySpec:
+    """The five rule sections are values, never absent: an unused one is written as `{}`, as the
+    upstream adapter's objects read back (its Go structs are not pointers), so both adapters'
+    policies are the same objects."""
+
     selector: LabelSelector = attrs.field(factory=LabelSelector)
-    process: ProcessRules | None = None
-    file: FileRules | None = None
-    network: NetworkRules | None = None
-    capabilities: CapabilityRules | None = None
-    syscalls: SyscallRules | None = None
+    process: ProcessRules = attrs.field(factory=ProcessRules)
+    file: FileRules = attrs.field(factory=FileRules)
+    network: NetworkRules = attrs.field(factory=NetworkRules)
+    capabilities: CapabilityRules = attrs.field(factory=CapabilityRules)
+    syscalls: SyscallRules = attrs.field(factory=SyscallRules)
     severity: int | None = None
     tags: tuple[str, ...] = ()
     message: str | None = None
@@ -254,10 +259,13 @@ def _structure_factory(cls: Any) -> Any:
 # Written even when they equal their defaults: apiVersion and kind always; a policy's selector
 # always, since an empty `matchLabels: {}` (namespace-wide) should read as meant, not forgotten.
 _ALWAYS_WRITTEN = {"api_version", "kind", "selector", "match_labels"}
+# A KubeArmorPolicy spec's five sections, always written (`{}` when unused) as upstream does.
+KUBEARMOR_SECTIONS = ("process", "file", "network", "capabilities", "syscalls")
 
 
 def _unstructure_factory(cls: Any) -> Any:
-    renames = {a.name: override(rename=camel(a.name), omit_if_default=a.name not in _ALWAYS_WRITTEN)
+    always = _ALWAYS_WRITTEN | (set(KUBEARMOR_SECTIONS) if cls is KubeArmorPolicySpec else set())
+    renames = {a.name: override(rename=camel(a.name), omit_if_default=a.name not in always)
                for a in attrs.fields(cls)}
     return make_dict_unstructure_fn(cls, converter, **renames)  # type: ignore[arg-type]
 

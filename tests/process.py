@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class ReconcilerProcess:
-    def __init__(self, kubeconfig: Path, namespace: str, *extra: str,
+    def __init__(self, kubeconfig: Path, namespace: str | None, *extra: str,
                  env: dict[str, str] | None = None) -> None:
+        """`namespace` None: every namespace, as a cluster-wide deployment runs."""
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.extra = extra
@@ -49,7 +50,7 @@ class ReconcilerProcess:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reconciler", "--kubeconfig", str(self.kubeconfig),
-                 "--namespace", self.namespace,
+                 *(["--namespace", self.namespace] if self.namespace else []),
                  "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
                  "--health-probe-bind-address", f"127.0.0.1:{self.probe_port}", *self.extra],
                 stdout=log, stderr=log, cwd=REPO,
