@@ -9,7 +9,7 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv controlplane tools test unit e2e faults lint bench demo run render crds image push-image clean
+.PHONY: help venv controlplane tools test unit e2e faults soak lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ faults: controlplane ## Run the fault-injection tests only
 lint: venv ## ruff on everything, mypy --strict on reconciler/
 	$(PY) -m ruff check reconciler tests config
 	$(PY) -m mypy
+
+soak: controlplane ## A long seeded randomized soak on its own control plane (SOAK_STEPS, SOAK_ARGS=--seed N)
+	$(PY) -m tests.soak $(SOAK_ARGS)
 
 bench: controlplane ## Benchmarks: print figures, write tests/bench/results.json (BENCH_SCALE, BENCH_ARGS=--quick)
 	$(PY) -m tests.bench $(BENCH_ARGS)
