@@ -37,7 +37,7 @@ from .kube import (
 )
 from .metrics import Metrics
 from .model import KubeArmorPolicy, to_dict
-from .plan import Desired, Plan, build_desired, plan_reconcile
+from .plan import Desired, Plan, build_desired, desired_objects, plan_reconcile
 from .problems import Problem, ProblemKind
 from .reflector import Reflector
 from .store import Change, Store
@@ -331,16 +331,17 @@ class Controller:
     async def _write(self, nimbus_policy: CachedNimbusPolicy, desired: Desired, plan: Plan,
                      outcome: Outcome) -> None:
         existing = set(plan.diff.unchanged)
-        for policy in plan.diff.create:
-            if await self._create(policy, outcome, nimbus_policy.adapter_policies):
-                existing.add(policy.name)
+        objects = desired_objects(nimbus_policy) if plan.diff.create or plan.diff.update else {}
+        for name in plan.diff.create:
+            if await self._create(objects[name], outcome, nimbus_policy.adapter_policies):
+                existing.add(name)
         for update in plan.diff.update:
-            await self._patch(update, outcome)
-            existing.add(update.desired.name)  # patched or not, it exists
+            await self._patch(update, objects[update.name], outcome)
+            existing.add(update.name)  # patched or not, it exists
         for stale in plan.diff.delete:
             await self._delete(stale, outcome)
-        await self._write_status(nimbus_policy, [p.name for p in desired.policies
-                                                 if p.name in existing], outcome)
+        await self._write_status(nimbus_policy, [name for name in desired.fingerprints
+                                                 if name in existing], outcome)
 
     def _remember(self, store: Store[Any], written: Any) -> None:
         """Put the answer to our own write into the cache, so the next reconcile does not act on
@@ -387,17 +388,19 @@ class Controller:
         outcome.created.append(policy.name)
         return True
 
-    async def _patch(self, update: PolicyUpdate, outcome: Outcome) -> bool:
+    async def _patch(self, update: PolicyUpdate, desired: KubeArmorPolicy,
+                     outcome: Outcome) -> bool:
         """True when the policy is now as desired."""
-        name = update.desired.name
+        name = update.name
         for field in update.fields:
             self.metrics.drift_corrections.labels(field).inc()
         if self.config.dry_run:
             outcome.updated.append(f"{name} ({', '.join(update.fields)})")
             return True
         try:
-            patched = await self.client.patch(KUBEARMOR_POLICIES, update.desired.metadata.namespace,
-                                              name, repair_patch(update), JSON_PATCH, FIELD_MANAGER)
+            patched = await self.client.patch(KUBEARMOR_POLICIES, update.actual.namespace, name,
+                                              repair_patch(update, desired), JSON_PATCH,
+                                              FIELD_MANAGER)
         except ApiError as error:
             # Conflict: our copy is stale; the watch brings the new one and the next try uses it
             self._failed("patch", f"KubeArmorPolicy {name}", error, outcome)

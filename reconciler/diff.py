@@ -4,7 +4,7 @@ policies to create, patch or delete, the patch that repairs a drifted one, and t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -50,16 +50,21 @@ def fingerprint(policy: KubeArmorPolicy) -> Fingerprint:
     return Fingerprint(spec_digest(rendered["spec"]), owner)
 
 
+def fingerprints(policies: Iterable[KubeArmorPolicy]) -> dict[str, Fingerprint]:
+    """By name, in the builder's order."""
+    return {policy.name: fingerprint(policy) for policy in policies}
+
+
 @attrs.frozen
 class PolicyUpdate:
-    desired: KubeArmorPolicy
+    name: str
     actual: CachedPolicy
     fields: tuple[str, ...]  # what drifted: spec, labels, annotations, owner
 
 
 @attrs.frozen
 class PolicyConflict:
-    desired: KubeArmorPolicy
+    name: str
     actual: CachedPolicy
     holder: str  # who controls the object that has the name, for the error message
     transient: bool  # the previous incarnation of this NimbusPolicy: the GC will remove it
@@ -67,7 +72,7 @@ class PolicyConflict:
 
 @attrs.frozen
 class PolicyDiff:
-    create: tuple[KubeArmorPolicy, ...] = ()
+    create: tuple[str, ...] = ()  # names
     update: tuple[PolicyUpdate, ...] = ()
     delete: tuple[CachedPolicy, ...] = ()
     unchanged: tuple[str, ...] = ()
@@ -91,36 +96,34 @@ def drifted_fields(wanted: Fingerprint, actual: CachedPolicy) -> tuple[str, ...]
     return tuple(fields)
 
 
-def diff_policies(desired: Sequence[KubeArmorPolicy], owned: Sequence[CachedPolicy],
-                  existing: Callable[[str], CachedPolicy | None],
-                  fingerprints: Mapping[str, Fingerprint] | None = None) -> PolicyDiff:
-    """`owned`: the policies whose controller is this NimbusPolicy (this incarnation);
-    `existing(name)`: any policy of that name in the namespace, owned or not; `fingerprints`:
-    those of the desired policies by name, when the caller has them already."""
+def diff_policies(desired: Mapping[str, Fingerprint], owned: Sequence[CachedPolicy],
+                  existing: Callable[[str], CachedPolicy | None]) -> PolicyDiff:
+    """`desired`: the fingerprints of the desired policies by name; `owned`: the policies whose
+    controller is this NimbusPolicy (this incarnation); `existing(name)`: any policy of that name
+    in the namespace, owned or not."""
     remaining = {policy.name: policy for policy in owned}
     create, update, unchanged, conflicts = [], [], [], []
-    for policy in desired:
-        actual = remaining.pop(policy.name, None) or existing(policy.name)
+    for name, wanted in desired.items():
+        actual = remaining.pop(name, None) or existing(name)
         if actual is None:
-            create.append(policy)
+            create.append(name)
             continue
-        wanted = fingerprints[policy.name] if fingerprints is not None else fingerprint(policy)
         ours = wanted.owner
         holder = actual.controller
         if holder is not None and not holder.same_object(ours):
             transient = holder.kind == ours.kind and holder.name == ours.name
-            conflicts.append(PolicyConflict(policy, actual, f"{holder.kind}/{holder.name}",
+            conflicts.append(PolicyConflict(name, actual, f"{holder.kind}/{holder.name}",
                                             transient))
             continue
         if holder is None and not actual.labelled:
-            conflicts.append(PolicyConflict(policy, actual,
+            conflicts.append(PolicyConflict(name, actual,
                                             "nobody (not managed by nimbus-kubearmor)", False))
             continue
         fields = drifted_fields(wanted, actual)
         if fields:
-            update.append(PolicyUpdate(policy, actual, fields))
+            update.append(PolicyUpdate(name, actual, fields))
         else:
-            unchanged.append(policy.name)
+            unchanged.append(name)
     return PolicyDiff(tuple(create), tuple(update), tuple(remaining.values()), tuple(unchanged),
                       tuple(conflicts))
 
@@ -129,10 +132,10 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def repair_patch(update: PolicyUpdate) -> list[Obj]:
+def repair_patch(update: PolicyUpdate, desired: KubeArmorPolicy) -> list[Obj]:
     """A JSON patch that makes only our fields right again. Carrying the resourceVersion we
     saw makes the API server refuse it (409) if the object changed since."""
-    wanted = to_dict(update.desired)
+    wanted = to_dict(desired)
     actual = update.actual
     ops: list[Obj] = [{"op": "replace", "path": "/metadata/resourceVersion",
                        "value": actual.resource_version}]

@@ -11,7 +11,7 @@ import attrs
 
 from .builder import desired_policies
 from .cached import CachedNimbusPolicy, CachedPolicy
-from .diff import Fingerprint, PolicyDiff, diff_policies, fingerprint
+from .diff import Fingerprint, PolicyDiff, diff_policies, fingerprints
 from .model import KubeArmorPolicy
 from .parse import parse_nimbus_policy
 from .problems import Problem, ProblemKind
@@ -27,21 +27,31 @@ DRIFT_FORGIVEN_AFTER = 60.0
 
 @attrs.frozen
 class Desired:
-    """The policies a NimbusPolicy requires, the problems found in it, and the fingerprint of
-    each policy (their JSON is rendered only to be written)."""
+    """What a NimbusPolicy requires, small enough to remember for each: the fingerprint of
+    each policy by name (in the builder's order) and the problems found in it. The policies
+    themselves are built again (`desired_objects`) only when one has to be written."""
 
-    policies: tuple[KubeArmorPolicy, ...]
-    problems: tuple[Problem, ...]
     fingerprints: Mapping[str, Fingerprint]
+    problems: tuple[Problem, ...]
+
+
+def _build(nimbus_policy: CachedNimbusPolicy
+           ) -> tuple[tuple[KubeArmorPolicy, ...], tuple[Problem, ...]]:
+    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json())
+    if parsed is None:
+        return (), problems
+    policies, build_problems = desired_policies(parsed)
+    return policies, problems + build_problems
 
 
 def build_desired(nimbus_policy: CachedNimbusPolicy) -> Desired:
-    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json())
-    policies: tuple[KubeArmorPolicy, ...] = ()
-    if parsed is not None:
-        policies, build_problems = desired_policies(parsed)
-        problems += build_problems
-    return Desired(policies, problems, {p.name: fingerprint(p) for p in policies})
+    policies, problems = _build(nimbus_policy)
+    return Desired(fingerprints(policies), problems)
+
+
+def desired_objects(nimbus_policy: CachedNimbusPolicy) -> dict[str, KubeArmorPolicy]:
+    """The policies to write, by name."""
+    return {policy.name: policy for policy in _build(nimbus_policy)[0]}
 
 
 @attrs.frozen
@@ -86,11 +96,11 @@ def plan_reconcile(nimbus_policy: CachedNimbusPolicy, desired: Desired,
                    converged: tuple[str, int] | None, streak: DriftStreak, now: float) -> Plan:
     """`owned`: the policies controlled by this NimbusPolicy; `named(name)`: the policy of that
     name in its namespace, whoever holds it; `converged`: the (uid, generation) last converged."""
-    diff = diff_policies(desired.policies, owned, named, desired.fingerprints)
+    diff = diff_policies(desired.fingerprints, owned, named)
     problems = list(desired.problems)
     claims, waiting = set(), []
     for conflict in diff.conflicts:
-        name = conflict.desired.name
+        name = conflict.name
         if conflict.transient:
             waiting.append(name)
             continue
@@ -99,7 +109,7 @@ def plan_reconcile(nimbus_policy: CachedNimbusPolicy, desired: Desired,
                                 f"KubeArmorPolicy {name} exists and is controlled by "
                                 f"{conflict.holder}; it is left alone"))
     listed = {entry.removeprefix("KubeArmorPolicy/") for entry in nimbus_policy.adapter_policies}
-    ours_changed = bool(diff.update or any(p.name in listed for p in diff.create))
+    ours_changed = bool(diff.update or any(name in listed for name in diff.create))
     drift = None
     if ours_changed and converged == nimbus_policy.version:
         drift = drift_decision(streak, now)

@@ -176,6 +176,8 @@ class Soak:
         self.reconciler.start()
 
     async def terminate(self) -> None:
+        # before its signal handling is set up, SIGTERM ends a process as it ends any other
+        await eventually(self.reconciler.ready, 60, "the reconciler to be up", interval=0.1)
         assert await asyncio.to_thread(self.reconciler.stop, signal.SIGTERM) == 0
         self.reconciler.start()
 
