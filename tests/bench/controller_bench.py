@@ -163,12 +163,36 @@ class Bench:
                         break
         return time.perf_counter() - started
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory now (VmRSS), or its peak since the last reset_peak (VmHWM)."""
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def reset_peak(self) -> None:
+        assert self.process is not None
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+    async def forced_relist(self) -> dict[str, float]:
+        """etcd compacted while the API server is down: every watch resumes from a version
+        that is gone (410), so every reflector lists everything again. The peak resident
+        memory while it does, against the steady memory before."""
+        assert self.process is not None
+        steady = self.rss_mb()
+        relists = await self.metric("nimbus_kubearmor_relists_total")
+        self.reset_peak()
+        started = time.perf_counter()
+        self.cp.stop_apiserver()
+        self.cp.etcd_compact()
+        self.cp.start_apiserver()
+        await eventually(lambda: _relisted(self, relists + 2), 300, "every reflector to relist",
+                         interval=0.2)
+        await eventually(lambda: asyncio.to_thread(self.process.ready)  # type: ignore[union-attr]
+                         , 120, "ready again", interval=0.2)
+        return {"relist_s": time.perf_counter() - started, "rss_before_relist_mb": steady,
+                "relist_peak_rss_mb": self.rss_mb("VmHWM"), "rss_after_relist_mb": self.rss_mb()}
 
     def writes_since(self, mark: int) -> tuple[int, int]:
         events = [e for e in self.cp.audit_events()[mark:] if e["user"].get("username") == USER]
@@ -322,15 +346,50 @@ async def measure(cp: LocalControlPlane, scale: int, samples: int) -> dict[str, 
     return results
 
 
+async def _relisted(bench: Bench, n: float) -> bool:
+    return await bench.metric("nimbus_kubearmor_relists_total") >= n
+
+
+async def measure_memory(cp: LocalControlPlane, scale: int) -> dict[str, float]:
+    """At `scale` NimbusPolicies (5 policies each): convergence, resident memory after it, and
+    the peak during a forced full relist."""
+    bench = Bench(cp, scale, 0)
+    bench.kubeconfig = cp.identity_kubeconfig(USER)
+    print(f"   setting up {scale} NimbusPolicies for the memory run", flush=True)
+    await bench.namespace_with_policies("memory", scale)
+    started = time.perf_counter()
+    bench.start_reconciler("memory")
+    await bench.statuses_written("memory", scale)
+    results = {f"convergence_s_{scale}": time.perf_counter() - started}
+    await asyncio.sleep(1)  # let the last watch events settle before measuring memory
+    results[f"rss_mb_{scale}"] = bench.rss_mb()
+    print(f"   {scale}: converged in {results[f'convergence_s_{scale}']:.1f}s, "
+          f"{results[f'rss_mb_{scale}']:.0f} MB", flush=True)
+    results |= {f"{k}_{scale}" if not k.startswith("relist_peak") else k: v
+                for k, v in (await bench.forced_relist()).items()}
+    bench.stop_reconciler()
+    await bench.api.aclose()
+    return results
+
+
 async def _more(bench: Bench, n: float) -> bool:
     return await bench.metric("controller_runtime_reconcile_total") >= n
 
 
 def run(quick: bool = False) -> dict[str, float]:
+    """BENCH_SCALE (default 1000) for every figure; then, on a fresh control plane, the memory
+    run at BENCH_MEMORY_SCALE (default 5000; 0 skips it; skipped with --quick)."""
     scale = int(os.environ.get("BENCH_SCALE", "100" if quick else "1000"))
+    memory_scale = 0 if quick else int(os.environ.get("BENCH_MEMORY_SCALE", "5000"))
     samples = 20 if quick else 100
     with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
-        return asyncio.run(measure(cp, scale, samples))
+        results = asyncio.run(measure(cp, scale, samples))
+    if memory_scale:
+        with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
+            role = yaml.safe_load((REPO / "config/rbac/role.yaml").read_text())
+            cp.grant(USER, role["rules"])
+            results |= asyncio.run(measure_memory(cp, memory_scale))
+    return results
 
 
 if __name__ == "__main__":
