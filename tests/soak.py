@@ -165,8 +165,7 @@ class Soak:
                 "spec": {"selector": {"matchLabels": {}}, "file": {"matchPaths": [{"path": "/u"}]}}})
 
     async def give_a_name_back(self) -> None:
-        users = [p for p in await self.ksps()
-                 if (p["metadata"].get("labels") or {}).get("owner") == "user"]
+        users = [p for p in await self.ksps() if not p["metadata"].get("ownerReferences")]
         policy = await self.pick(users)
         if policy is not None:
             await self.api.delete(f"{kubearmor_policies(self.namespace)}/{policy['metadata']['name']}")
@@ -188,7 +187,17 @@ class Soak:
         problems: list[str] = []
         nps = await self.nps()
         ksps = {p["metadata"]["name"]: p for p in await self.ksps()}
-        users = {n for n, p in ksps.items() if (p["metadata"].get("labels") or {}).get("owner") == "user"}
+        def controlled(p: dict[str, Any]) -> bool:
+            return any(r.get("controller") for r in p["metadata"].get("ownerReferences") or [])
+
+        def labelled(p: dict[str, Any]) -> bool:
+            return (p["metadata"].get("labels") or {}).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+        # Not ours: no controller and not our label (a user's, or ours both disowned and
+        # relabelled). Orphans: no controller but our label, as `kubectl delete --cascade=orphan`
+        # leaves them; adopted if a NimbusPolicy needs the name, else left alone (as a
+        # ReplicaSet adopts only the orphans its selector matches).
+        users = {n for n, p in ksps.items() if not controlled(p) and not labelled(p)}
+        orphans = {n for n, p in ksps.items() if not controlled(p) and labelled(p)}
         expected: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for np in nps:
             parsed, _ = parse_nimbus_policy(np)
@@ -219,7 +228,7 @@ class Soak:
             if (meta.get("labels") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE or \
                     (meta.get("annotations") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
                 problems.append(f"{name}: label or annotation")
-        for name in set(ksps) - set(expected) - users:
+        for name in set(ksps) - set(expected) - users - orphans:
             problems.append(f"{name}: should not exist (owner "
                             f"{(ksps[name]['metadata'].get('ownerReferences') or [{}])[0].get('name')})")
         return problems
