@@ -9,7 +9,7 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv controlplane tools test unit e2e faults soak lint bench demo run render crds image push-image clean
+.PHONY: help venv controlplane prometheus tools test unit e2e faults soak lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,13 +29,18 @@ controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubec
 tools: venv ## Build the tools tests run (helm) from the Go module proxy (cached by version)
 	$(PY) -m tests.tools.helm build
 
-test: controlplane tools ## Run every test: unit, and end-to-end on a throwaway local control plane
+prometheus: ## Install Debian's prometheus package (prometheus, promtool) if missing: tests run them
+	@{ command -v prometheus && command -v promtool; } >/dev/null || { \
+	  echo ">> installing Debian's prometheus package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: controlplane tools prometheus ## Run every test: unit, and end-to-end on a throwaway local control plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: venv ## Run the unit tests only (no control plane)
+unit: venv prometheus ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane tools ## Run the end-to-end tests only
+e2e: controlplane tools prometheus ## Run the end-to-end tests only
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only

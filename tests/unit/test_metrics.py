@@ -1,0 +1,27 @@
+"""The series Prometheus needs from the start: every known label value of a counter, at 0."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from reconciler.diff import Fingerprint, drifted_fields, spec_digest
+from reconciler.metrics import DRIFT_FIELDS, Metrics
+from reconciler.problems import ProblemKind
+
+
+def test_every_problem_kind_and_drift_field_is_exported_at_zero_from_the_start() -> None:
+    registry = Metrics(CollectorRegistry()).registry
+    for kind in ProblemKind:
+        assert registry.get_sample_value("nimbus_kubearmor_problems_total", {"kind": kind.value}) == 0
+    for field in DRIFT_FIELDS:
+        assert registry.get_sample_value("nimbus_kubearmor_drift_corrections_total",
+                                         {"field": field}) == 0
+
+
+def test_drift_fields_name_every_field_a_correction_is_counted_under() -> None:
+    owner = {"apiVersion": "intent.security.nimbus.com/v1alpha1", "kind": "NimbusPolicy",
+             "name": "np", "uid": "u", "controller": True}
+    wanted = Fingerprint(spec_digest({"action": "Block"}), owner)
+    everything_wrong = {"spec": {"action": "Audit"}, "metadata": {"labels": {}, "annotations": {}}}
+    # "missing" is counted by the controller when a policy it listed is gone
+    assert {*drifted_fields(wanted, everything_wrong), "missing"} == set(DRIFT_FIELDS)
