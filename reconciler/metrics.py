@@ -32,6 +32,8 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 
                      7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 60)
 QUEUE_LABELS = ("name", "controller")
 DRIFT_FIELDS = ("missing", "spec", "labels", "annotations", "owner")
+POLICY_WRITES = (("create", "kubearmorpolicies"), ("patch", "kubearmorpolicies"),
+                 ("delete", "kubearmorpolicies"), ("patch", "nimbuspolicies/status"))
 
 
 class Metrics:
@@ -85,11 +87,14 @@ class Metrics:
         # Every series of a known label value exists from the start, at 0 (controller-runtime
         # does the same for its own): increase() and rate() never count a series' first sample,
         # so the first problem of a kind, exported straight at 1, would be invisible to the
-        # NimbusKubeArmorBadInput alert and the dashboard.
+        # NimbusKubeArmorBadInput alert and the dashboard. (Open-ended labels, such as an API
+        # error's code or a watch restart's reason, cannot be: their first is not counted.)
         for kind in ProblemKind:
             self.problems.labels(kind.value)
         for field in DRIFT_FIELDS:
             self.drift_corrections.labels(field)
+        for verb, resource in POLICY_WRITES:
+            self.policy_writes.labels(verb, resource)
         self.cache_synced = Gauge("nimbus_kubearmor_cache_synced",
                                   "1 when the reflector of a resource in a namespace scope (\"\" for "
                                   "all) has listed and is watching", ("resource", "namespace"),

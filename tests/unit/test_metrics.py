@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
 from reconciler.diff import Fingerprint, drifted_fields, spec_digest
-from reconciler.metrics import DRIFT_FIELDS, Metrics
+from reconciler.metrics import DRIFT_FIELDS, POLICY_WRITES, Metrics
 from reconciler.problems import ProblemKind
 
 
@@ -16,6 +19,9 @@ def test_every_problem_kind_and_drift_field_is_exported_at_zero_from_the_start()
     for field in DRIFT_FIELDS:
         assert registry.get_sample_value("nimbus_kubearmor_drift_corrections_total",
                                          {"field": field}) == 0
+    for verb, resource in POLICY_WRITES:
+        assert registry.get_sample_value("nimbus_kubearmor_policy_writes_total",
+                                         {"verb": verb, "resource": resource}) == 0
 
 
 def test_drift_fields_name_every_field_a_correction_is_counted_under() -> None:
@@ -25,3 +31,9 @@ def test_drift_fields_name_every_field_a_correction_is_counted_under() -> None:
     everything_wrong = {"spec": {"action": "Audit"}, "metadata": {"labels": {}, "annotations": {}}}
     # "missing" is counted by the controller when a policy it listed is gone
     assert {*drifted_fields(wanted, everything_wrong), "missing"} == set(DRIFT_FIELDS)
+
+
+def test_policy_writes_name_every_write_the_controller_counts() -> None:
+    source = (Path(__file__).resolve().parents[2] / "reconciler" / "controller.py").read_text()
+    counted = set(re.findall(r'_wrote\("(\w+)", "([\w/]+)"\)', source))
+    assert counted == set(POLICY_WRITES)
