@@ -4,6 +4,7 @@ install it when missing)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,9 @@ def binary(name: str) -> str:
         pytest.fail(f"{name} not found: install Debian's prometheus package "
                     "(`apt-get install prometheus`; .ci/run and `make test` do it when missing)")
     return found
+
+
+def job_patterns(groups: dict[str, Any]) -> set[str]:
+    """The job=~"..." regexes the alerts select the reconciler's series by."""
+    return {pattern for rule in alerts(groups).values()
+            for pattern in re.findall(r'\bjob=~"([^"]*)"', rule["expr"])}
