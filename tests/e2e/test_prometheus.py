@@ -1,7 +1,8 @@
 """Prometheus, for real, against a running reconciler: Debian's prometheus on 127.0.0.1 scrapes
 the reconciler every second, with the alerting rules loaded, while a workload like the demo's
-runs (policies created, a bad rule, a policy edited and one deleted by hand, a create that
-admission refuses, every API connection cut). Then every PromQL expression of grafana/*.json
+runs (policies created, a bad rule, a policy edited and one deleted by hand, creates that
+admission refuses in a second namespace, every watch cut by the fault proxy it talks through).
+Then every PromQL expression of grafana/*.json
 (variables filled in as Grafana would) and every alert is evaluated through Prometheus's HTTP
 API: none errors, every selector matches series, rate() and increase() read counters only,
 each panel query returns series and the workload shows in them, and Prometheus evaluates every
@@ -9,9 +10,7 @@ rule without error, the bad-input alert firing."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,9 @@ import yaml
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
+from tests.e2e.refusals import admission_denies
+from tests.e2e.test_refusals import ksp_probe, make_namespace
+from tests.faultproxy import FaultProxy
 from tests.process import ReconcilerProcess
 from tests.prometheus import dashboards
 from tests.prometheus.promql import (
@@ -32,18 +34,16 @@ from tests.prometheus.promql import (
 )
 from tests.prometheus.rules import alerts, rule_groups, write_rule_file
 from tests.prometheus.server import PrometheusServer, PromQLError
-from tests.tcpforward import TcpForwarder
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "nimbus-kubearmor-metrics"  # a ServiceMonitor target's job: the metrics Service's name
 POD = "nimbus-kubearmor-7d9f8-abcde"
-REFUSED = "refused"  # the NimbusPolicy whose policy admission refuses to create
 # What the workload must show on the dashboard: (panel, refId) -> label sets that must each be
 # on a series whose value is above 0.
 SHOWN: dict[tuple[str, str], list[dict[str, str]]] = {
     ("Reconciles by result", "A"): [{"result": "success"}, {"result": "error"}],
     ("Reconcile errors", "A"): [{}],
-    ("Reconcile errors", "B"): [{"verb": "create", "code": "422"}],
+    ("Reconcile errors", "B"): [{"verb": "create", "code": "403"}],
     ("Retries", "A"): [{}],
     ("API writes by verb", "A"): [{"verb": "create", "resource": "kubearmorpolicies"},
                                   {"verb": "patch", "resource": "kubearmorpolicies"},
@@ -56,47 +56,11 @@ SHOWN: dict[tuple[str, str], list[dict[str, str]]] = {
 }
 
 
-@contextlib.contextmanager
-def refused_creates(control_plane: LocalControlPlane, namespace: str) -> Iterator[None]:
-    """A ValidatingAdmissionPolicy that refuses to create KubeArmorPolicies named refused-* in
-    the namespace (422), as a policy engine or a quota would: a write that fails for real."""
-    name = f"refuse-{namespace}"
-    base = "/apis/admissionregistration.k8s.io/v1"
-    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-              "metadata": {"name": name},
-              "spec": {"failurePolicy": "Fail",
-                       "matchConstraints": {"resourceRules": [{
-                           "apiGroups": ["security.kubearmor.com"], "apiVersions": ["*"],
-                           "operations": ["CREATE"], "resources": ["kubearmorpolicies"]}]},
-                       "validations": [{"expression": f"!object.metadata.name.startsWith('{REFUSED}-')",
-                                        "message": "refused by the test's admission policy"}]}}
-    binding = {"apiVersion": "admissionregistration.k8s.io/v1",
-               "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
-               "spec": {"policyName": name, "validationActions": ["Deny"],
-                        "matchResources": {"namespaceSelector": {"matchLabels": {
-                            "kubernetes.io/metadata.name": namespace}}}}}
-    probe = {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
-             "metadata": {"name": f"{REFUSED}-probe"},
-             "spec": {"selector": {"matchLabels": {"app": "x"}}, "action": "Block",
-                      "file": {"matchPaths": [{"path": "/etc/x"}]}}}
-    with control_plane.client() as client:
-        client.post(f"{base}/validatingadmissionpolicies", json=policy).raise_for_status()
-        client.post(f"{base}/validatingadmissionpolicybindings", json=binding).raise_for_status()
-        try:
-            wait_for(lambda: "refused by the test's admission policy" in client.post(
-                kubearmor_policies(namespace), json=probe, params={"dryRun": "All"}).text,
-                30, "the admission policy to be in force")
-            yield
-        finally:
-            client.delete(f"{base}/validatingadmissionpolicybindings/{name}")
-            client.delete(f"{base}/validatingadmissionpolicies/{name}")
-
-
-def through(forwarder: TcpForwarder, kubeconfig: Path, directory: Path) -> Path:
-    """`kubeconfig`, connecting through `forwarder`."""
+def through(proxy: FaultProxy, kubeconfig: Path, directory: Path) -> Path:
+    """A copy of `kubeconfig` that connects through `proxy`."""
     config = yaml.safe_load(kubeconfig.read_text())
-    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{forwarder.port}"
-    path = directory / "through-forwarder.kubeconfig"
+    config["clusters"][0]["cluster"]["server"] = proxy.url
+    path = directory / "through-proxy.kubeconfig"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -114,7 +78,7 @@ def sample(scrape: str, name: str) -> float:
 
 
 async def run_workload(api: httpx.AsyncClient, control_plane: LocalControlPlane, namespace: str,
-                       reconciler: ReconcilerProcess, forwarder: TcpForwarder) -> None:
+                       denied: str, reconciler: ReconcilerProcess, proxy: FaultProxy) -> None:
     policies = kubearmor_policies(namespace)
 
     def names() -> dict[str, dict[str, Any]]:
@@ -123,20 +87,22 @@ async def run_workload(api: httpx.AsyncClient, control_plane: LocalControlPlane,
 
     await create_nimbus_policy(api, namespace, "web", [rule("escapeToHost"), rule("dnsManipulation")])
     await create_nimbus_policy(api, namespace, "bad", [rule("dnsManipulation"), rule("nope")])
-    await create_nimbus_policy(api, namespace, REFUSED, [rule("pkgMgrs")])
+    await create_nimbus_policy(api, denied, "refused", [rule("pkgMgrs")])
     wanted = {"web-escapetohost-disallowchroot", "web-escapetohost-disallowcapabilities",
               "web-escapetohost-swdeploymenttools", "web-dnsmanipulation", "bad-dnsmanipulation"}
-    wait_for(lambda: set(names()) == wanted, 30, "the policies (and not the refused one)")
+    wait_for(lambda: set(names()) == wanted, 30, "the policies")
     wait_for(lambda: sample(reconciler.metrics(), "controller_runtime_reconcile_errors_total") >= 2,
              30, "the refused create to fail and be retried")
 
-    # Every connection, watches included, breaks mid-stream. Twice: a watch restart's reason is
-    # an open-ended label, so its series starts at 1 and increase() counts from the second.
-    for cuts in (1, 2):
-        assert forwarder.cut() > 0
+    # Every watch breaks mid-stream. Twice: a watch restart's reason is an open-ended label, so
+    # its series starts at 1 and increase() counts from the second.
+    restarts = 0.0
+    for _ in range(2):
+        assert proxy.reset_open(kind="watch") > 0
         wait_for(lambda: sample(reconciler.metrics(), "nimbus_kubearmor_watch_restarts_total")
-                 >= 2 * cuts, 30, "both watches to restart")  # noqa: B023 (called at once)
+                 > restarts, 30, "the watches to restart")  # noqa: B023 (called at once)
         wait_for(reconciler.ready, 30, "the watches to be established again")
+        restarts = sample(reconciler.metrics(), "nimbus_kubearmor_watch_restarts_total")
 
     # drift, after the cut: repaired only if the watches came back
     edited, deleted = "web-dnsmanipulation", "web-escapetohost-disallowchroot"
@@ -231,12 +197,16 @@ async def test_dashboards_and_alerts_on_a_live_reconciler(
     control_plane.grant_in_namespace(RECONCILER_USER, namespace, yaml.safe_load(
         (REPO / "config/rbac/leader_election_role.yaml").read_text())["rules"])
     rules = write_rule_file(rule_groups(), tmp_path / "rules.yaml")
-    with TcpForwarder(control_plane.apiserver_port) as forwarder, ReconcilerProcess(
-            through(forwarder, reconciler_kubeconfig, tmp_path), namespace, "--leader-elect",
-            env={"POD_NAME": POD, "POD_NAMESPACE": namespace}) as reconciler:
+    denied = make_namespace(control_plane, "e2e-denied")  # where creating policies is refused
+    with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as proxy, \
+            ReconcilerProcess(through(proxy, reconciler_kubeconfig, tmp_path), namespace,
+                              "--namespace", denied, "--leader-elect",
+                              env={"POD_NAME": POD, "POD_NAMESPACE": namespace}) as reconciler:
         reconciler.start()
         with PrometheusServer([scrape_config(reconciler, namespace)], [rules]) as prometheus, \
-                refused_creates(control_plane, namespace):  # while Prometheus discovers (5 s)
+                admission_denies(control_plane, namespace=denied, group="security.kubearmor.com",
+                                 resource="kubearmorpolicies", operations=("CREATE",),
+                                 probe=ksp_probe(denied)):  # while Prometheus discovers (5 s)
             # scraped and leading before anything happens: every counter's first sample is 0
             try:
                 wait_for(lambda: prometheus.query(
@@ -245,7 +215,7 @@ async def test_dashboards_and_alerts_on_a_live_reconciler(
             except Exception as error:
                 pytest.fail(f"{error}\nreconciler:\n{reconciler.log_text()[-3000:]}\n"
                             f"prometheus:\n{prometheus.log_tail()}")
-            await run_workload(api, control_plane, namespace, reconciler, forwarder)
+            await run_workload(api, control_plane, namespace, denied, reconciler, proxy)
 
             values: dict[str, str] = {}
             for variable in (v for path in dashboards.DASHBOARDS for v in dashboards.variables(path)):
