@@ -9,16 +9,28 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv controlplane tools test unit e2e faults soak lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
-	@echo ">> creating $(VENV) and installing the project with its test tools"
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+# uv installs exactly what uv.lock says; it comes, pinned by hash, from PyPI into a cache shared
+# by every clone (a fresh machine has none).
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' uv-requirements.txt)
+UV_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nimbus-kubearmor/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV):
+	@echo ">> installing uv $(UV_VERSION) into $(UV_HOME) (once)"
+	@mkdir -p $(dir $(UV_HOME)) && tmp=$$(mktemp -d $(UV_HOME).XXXXXX) && \
+	  $(PYTHON) -m venv $$tmp && \
+	  $$tmp/bin/python -m pip install --quiet --require-hashes -r uv-requirements.txt && \
+	  { mv -T $$tmp $(UV_HOME) 2>/dev/null || rm -rf $$tmp; }
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	@echo ">> creating $(VENV) with exactly the versions in uv.lock: the project and its test tools"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra test --python $(PYTHON) --quiet
 	@touch $@
 
 venv: $(VENV)/.installed ## Create the virtualenv and install dependencies
@@ -29,21 +41,30 @@ controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubec
 tools: venv ## Build the tools tests run (helm) from the Go module proxy (cached by version)
 	$(PY) -m tests.tools.helm build
 
-test: controlplane tools ## Run every test: unit, and end-to-end on a throwaway local control plane
+prometheus: ## Install Debian's prometheus package (prometheus, promtool) if missing: tests run them
+	@{ command -v prometheus && command -v promtool; } >/dev/null || { \
+	  echo ">> installing Debian's prometheus package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: controlplane tools prometheus ## Run every test: unit, and end-to-end on a throwaway local control plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: venv ## Run the unit tests only (no control plane)
+unit: venv prometheus ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane tools ## Run the end-to-end tests only
+e2e: controlplane tools prometheus ## Run the end-to-end tests only
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
-lint: venv ## ruff on everything, mypy --strict on reconciler/
+lint: venv ## uv.lock matches pyproject.toml, ruff on everything, mypy --strict on reconciler/
+	$(UV) lock --check --python $(PYTHON) --quiet
 	$(PY) -m ruff check reconciler tests config
 	$(PY) -m mypy
+
+lock: $(UV) ## Update uv.lock after a change to pyproject.toml (LOCK_ARGS=--upgrade: newest allowed versions)
+	$(UV) lock --python $(PYTHON) $(LOCK_ARGS)
 
 soak: controlplane ## A long seeded randomized soak on its own control plane (SOAK_STEPS, SOAK_ARGS=--seed N)
 	$(PY) -m tests.soak $(SOAK_ARGS)

@@ -20,6 +20,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .problems import ProblemKind
+
 # controller-runtime exports no `*_created` series; neither do we.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -29,6 +31,9 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 
                      0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5, 6,
                      7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 60)
 QUEUE_LABELS = ("name", "controller")
+DRIFT_FIELDS = ("missing", "spec", "labels", "annotations", "owner")
+POLICY_WRITES = (("create", "kubearmorpolicies"), ("patch", "kubearmorpolicies"),
+                 ("delete", "kubearmorpolicies"), ("patch", "nimbuspolicies/status"))
 
 
 class Metrics:
@@ -79,6 +84,17 @@ class Metrics:
         self.write_errors = Counter("nimbus_kubearmor_api_errors_total",
                                     "Failed API requests, by verb and HTTP status code",
                                     ("verb", "code"), registry=r)
+        # Every series of a known label value exists from the start, at 0 (controller-runtime
+        # does the same for its own): increase() and rate() never count a series' first sample,
+        # so the first problem of a kind, exported straight at 1, would be invisible to the
+        # NimbusKubeArmorBadInput alert and the dashboard. (Open-ended labels, such as an API
+        # error's code or a watch restart's reason, cannot be: their first is not counted.)
+        for kind in ProblemKind:
+            self.problems.labels(kind.value)
+        for field in DRIFT_FIELDS:
+            self.drift_corrections.labels(field)
+        for verb, resource in POLICY_WRITES:
+            self.policy_writes.labels(verb, resource)
         self.cache_synced = Gauge("nimbus_kubearmor_cache_synced",
                                   "1 when the reflector of a resource in a namespace scope (\"\" for "
                                   "all) has listed and is watching", ("resource", "namespace"),

@@ -35,6 +35,8 @@ from tests.controlplane.launcher import (
 from tests.e2e.nimbus import GROUP, kubearmor_policies, nimbus_policies
 from tests.e2e.test_manifests import api_path, kustomize
 from tests.process import ReconcilerProcess
+from tests.prometheus.rules import job_patterns, rule_groups
+from tests.prometheus.servicemonitor import service_monitor_problems
 from tests.tools import helm as helm_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,11 +258,11 @@ def test_rendered_objects_pass_server_side_dry_run(helm: Helm, control_plane: Lo
     service = only(documents, "Service")
     assert service["spec"]["ports"] == [{"name": "http-metrics", "port": 9090,
                                          "targetPort": "http-metrics"}]
-    # What the API server could not check: the ServiceMonitor scrapes that Service's port.
+    # What the API server could not check: the ServiceMonitor scrapes that Service's port, where
+    # the pods serve /metrics, under a job the alerts select.
     monitor = only(documents, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
-        service["metadata"]["labels"].items()
+    assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
     assert monitor["spec"]["endpoints"] == [{"port": "http-metrics", "path": "/metrics",
                                              "interval": "15s"}]
     rule = only(documents, "PrometheusRule")

@@ -1,26 +1,23 @@
 """config/ builds with kustomize, passes server-side dry run where its APIs exist, grants exactly
-what the reconciler uses, and the dashboard and alerts query only metrics it exports."""
+what the reconciler uses, and its ServiceMonitor scrapes the metrics Service. (The dashboard and
+alerts are checked against a live reconciler by test_prometheus.py.)"""
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.controlplane.launcher import LocalControlPlane, wait_for
+from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER
-from tests.process import ReconcilerProcess
+from tests.prometheus.rules import job_patterns, rule_groups
+from tests.prometheus.servicemonitor import service_monitor_problems
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM = "nimbus-kubearmor-system"
 PROMETHEUS_KINDS = {"ServiceMonitor", "PrometheusRule"}  # the Prometheus operator's CRDs
-OUR_METRIC = re.compile(r"\b((?:workqueue|controller_runtime|nimbus_kubearmor|leader_election|"
-                        r"process)_[a-zA-Z0-9_]+)")
 
 
 def kustomize(control_plane: LocalControlPlane, path: str) -> list[dict[str, Any]]:
@@ -122,46 +119,6 @@ def test_deployment_is_hardened(control_plane: LocalControlPlane) -> None:
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
 
 
-def exported_metric_names(scrape: str) -> set[str]:
-    names = set()
-    for line in scrape.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            names.add(name)
-            if kind == "histogram":
-                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-            if kind == "counter":
-                names.add(name if name.endswith("_total") else f"{name}_total")
-        elif line and not line.startswith("#"):
-            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
-    return names
-
-
-@pytest.fixture
-def scrape(control_plane: LocalControlPlane, reconciler_kubeconfig: Path, namespace: str) -> str:
-    control_plane.grant_in_namespace(RECONCILER_USER, namespace, yaml.safe_load(
-        (REPO / "config/rbac/leader_election_role.yaml").read_text())["rules"])
-    with ReconcilerProcess(reconciler_kubeconfig, namespace, "--leader-elect",
-                           env={"POD_NAME": "scraped", "POD_NAMESPACE": namespace}) as process:
-        process.start()
-
-        def leading() -> str | None:
-            text = process.metrics()
-            return text if 'leader_election_master_status{name="nimbus-kubearmor-leader"} 1.0' \
-                in text else None
-        return wait_for(leading, 30, "the reconciler to lead and export its metrics")  # type: ignore[no-any-return]
-
-
-def test_dashboard_and_alerts_query_only_exported_metrics(scrape: str) -> None:
-    exported = exported_metric_names(scrape)
-    dashboard = json.loads((REPO / "grafana" / "nimbus-kubearmor.json").read_text())
-    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    rules = yaml.safe_load((REPO / "config/prometheus/rules.yaml").read_text())
-    queries += [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
-    used = {name for q in queries for name in OUR_METRIC.findall(q)}
-    assert len(used) >= 15
-    assert used - exported == set(), f"queried but not exported: {sorted(used - exported)}"
-    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("reconciles", "errors", "latency", "queue depth", "queue wait", "work duration",
-                  "retries", "writes", "drift", "watch restarts", "leader"):
-        assert topic in titles, topic
+def test_service_monitor_scrapes_the_metrics_service(control_plane: LocalControlPlane) -> None:
+    documents = kustomize(control_plane, "config/default")
+    assert service_monitor_problems(documents, job_patterns(rule_groups())) == []

@@ -1,14 +1,20 @@
 """No Docker engine exists here, so the image is checked without one: hadolint, the shape of
-the stages, and the Dockerfile's own install commands run in a fresh virtualenv."""
+the stages, and the Dockerfile's own install commands run in a fresh virtualenv, which ends up
+with exactly the versions uv.lock pins."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -91,9 +97,37 @@ def test_the_dockerfiles_install_commands_work_in_a_fresh_virtualenv(tmp_path: P
     for command in _runs(final):
         run(command, image)
     python = str(image / "bin" / "python")
+    assert installed_versions(python) == locked_runtime_versions(wheels / "requirements.txt")
     assert subprocess.run([python, "-m", "reconciler", "--help"], capture_output=True,
                           cwd=tmp_path).returncode == 0
     rendered = subprocess.run([python, "-m", "reconciler", "render", "-f",
                                str(REPO / "config/samples/nimbuspolicies.yaml")],
                               capture_output=True, text=True, cwd=tmp_path)
     assert rendered.returncode == 2 and "name: web-dnsmanipulation" in rendered.stdout
+
+
+def locked_runtime_versions(exported: Path) -> dict[str, str]:
+    """The versions the build stage's export of uv.lock asks for here, each checked to be a
+    package version in uv.lock itself."""
+    text = re.sub(r"\\\n\s*", " ", exported.read_text())
+    pins = {}
+    for line in text.splitlines():
+        line = line.split(" --hash")[0].strip()
+        if line and not line.startswith("#"):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate():
+                (specifier,) = requirement.specifier
+                pins[canonicalize_name(requirement.name)] = specifier.version
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    locked = {(canonicalize_name(p["name"]), p["version"]) for p in lock["package"]}
+    assert set(pins.items()) <= locked, set(pins.items()) - locked
+    assert {"kr8s", "aiohttp", "prometheus-client"} <= set(pins)
+    return pins
+
+
+def installed_versions(python: str) -> dict[str, str]:
+    """What pip installed, but pip itself and the project."""
+    listed = json.loads(subprocess.run([python, "-m", "pip", "list", "--format=json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    return {canonicalize_name(d["name"]): d["version"] for d in listed
+            if canonicalize_name(d["name"]) not in ("pip", "setuptools", "nimbus-kubearmor")}
