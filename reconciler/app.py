@@ -14,11 +14,10 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 
 from .controller import Controller, ControllerConfig, Outcome, summary_counts
 from .kube import KubeClient
-from .leaderelection import LeaderElectionConfig, LeaderElector
+from .leaderelection import LeaderElectionConfig
 from .logs import escape_control
 from .manager import Manager
 from .metrics import Metrics
-from .server import Servers
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,10 @@ async def connect(kubeconfig: str | None) -> KubeClient:
 
 async def run_controller(options: RunOptions, metrics: Metrics | None = None) -> int:
     """Exit status 0 after SIGTERM/SIGINT, 1 when leadership was lost (see manager.py)."""
-    metrics = metrics or Metrics(process_registry())
-    client = await connect(options.kubeconfig)
-    controller = Controller(client, metrics, options.controller)
-    elector = (LeaderElector(client, options.leader_election, metrics)
-               if options.leader_election is not None else None)
-    manager: Manager | None = None
-
-    def readiness() -> list[str]:
-        assert manager is not None
-        return manager.readiness()
-
-    servers = Servers(metrics.registry, readiness, options.metrics_bind_address,
-                      options.health_probe_bind_address)
-    manager = Manager(controller, servers, elector, options.shutdown_grace)
+    manager = Manager(lambda: connect(options.kubeconfig), metrics or Metrics(process_registry()),
+                      options.controller, options.leader_election,
+                      options.metrics_bind_address, options.health_probe_bind_address,
+                      options.shutdown_grace)
     return await manager.run()
 
 

@@ -87,9 +87,14 @@ class NamespaceTerminating(Exception):
     """A write was refused because the namespace is being deleted: every later one would be."""
 
 
-def _controller_uid(policy: CachedPolicy) -> list[str]:
+def controller_index(policy: CachedPolicy) -> list[str]:
+    """"namespace/uid" of the NimbusPolicy controlling the policy: an ownerReference can only
+    name an owner in its own namespace, so one in another namespace that names our uid is not
+    ours (the garbage collector treats it as dangling)."""
     controller = policy.controller
-    return [controller.uid] if controller is not None and controller.is_nimbus_policy else []
+    if controller is None or not controller.is_nimbus_policy:
+        return []
+    return [f"{policy.namespace}/{controller.uid}"]
 
 
 class Controller:
@@ -104,22 +109,23 @@ class Controller:
         # Every KubeArmorPolicy in scope, not only ours: ownership is the controller reference,
         # so a policy whose label was removed, or someone else's holding a name we need, stays
         # in sight (and its changes and deletion reach us).
-        self.kubearmor_policies: Store[CachedPolicy] = Store(index=_controller_uid)
+        self.kubearmor_policies: Store[CachedPolicy] = Store(index=controller_index)
         self.states = KeyStates()
         self.reporter = ProblemReporter(client, metrics, self.config.dry_run)
         scopes: Sequence[str | None] = self.config.namespaces or (None,)
+        page_lock = anyio.Lock()  # one page of full objects at a time, whichever the reflector
         self.reflectors: list[Reflector[Any]] = []
         for namespace in scopes:
             self.reflectors.append(Reflector(
                 client, NIMBUS_POLICIES, namespace, self.nimbus_policies,
                 CachedNimbusPolicy.from_json, self.on_nimbus_policy, metrics, clock=self.clock,
                 read_timeout=self.config.watch_read_timeout, watch_timeout=self.config.watch_timeout,
-                page_size=self.config.page_size))
+                page_size=self.config.page_size, page_lock=page_lock))
             self.reflectors.append(Reflector(
                 client, KUBEARMOR_POLICIES, namespace, self.kubearmor_policies,
                 CachedPolicy.from_json, self.on_kubearmor_policy, metrics, clock=self.clock,
                 read_timeout=self.config.watch_read_timeout, watch_timeout=self.config.watch_timeout,
-                page_size=self.config.page_size))
+                page_size=self.config.page_size, page_lock=page_lock))
         self._gauges = (metrics.max_concurrent_reconciles.labels(CONTROLLER),
                         metrics.active_workers.labels(CONTROLLER))
         self._stopping = False  # set by stop(): workers take no new keys
@@ -138,10 +144,10 @@ class Controller:
 
     def on_kubearmor_policy(self, change: Change, old: CachedPolicy | None,
                             new: CachedPolicy | None, from_list: bool) -> None:
-        keys = {policy.owner_key for policy in (old, new) if policy is not None}
+        keys: set[str | None] = {policy.owner_key for policy in (old, new) if policy is not None}
         policy = new if new is not None else old
         assert policy is not None
-        keys.add(self.states.claimant(policy.key))  # someone else's, holding a name we need
+        keys |= self.states.claimants(policy.key)  # someone else's, holding a name we need
         for key in keys:
             if key is not None:
                 self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
@@ -211,6 +217,9 @@ class Controller:
                 key = await self.queue.get()
             except QueueShutDown:
                 return
+            if self._stopping:  # woken by the shutdown: it takes no new key
+                self.queue.done(key)
+                return
             try:
                 await self.process(key)
             finally:
@@ -270,7 +279,7 @@ class Controller:
             outcome.skipped = "its namespace is being deleted"
             return outcome
         desired = self._desired(nimbus_policy, state)
-        owned = self.kubearmor_policies.by_index(nimbus_policy.uid)
+        owned = self.kubearmor_policies.by_index(f"{nimbus_policy.namespace}/{nimbus_policy.uid}")
 
         # plan
         plan = plan_reconcile(nimbus_policy, desired, owned, self._named(nimbus_policy.namespace),
@@ -301,7 +310,11 @@ class Controller:
             try:
                 await self.reporter.report(nimbus_policy, outcome.problems, state.reported)
             except ApiError as error:
-                self._failed("create", "events", error, outcome)
+                # Best effort, as client-go's event recorder: what is not reported yet is tried
+                # again at the next reconcile; a NimbusPolicy does not fail for want of an Event.
+                self.metrics.write_errors.labels("create", str(error.status)).inc()
+                log.warning("could not post an Event", extra={"nimbuspolicy": key,
+                                                             "error": str(error)})
         except NamespaceTerminating:
             # Not a failure to retry: nothing can be created there any more, and the namespace
             # controller deleting our policies is not someone fighting us. The NimbusPolicy's
@@ -364,7 +377,8 @@ class Controller:
         if error.status in (403, 422):  # refused, not failed: say so where the user looks
             outcome.problems.append(Problem(
                 ProblemKind.WRITE_REFUSED, outcome.key, "spec.rules",
-                f"{verb} of {resource} was refused by the API server: {error}"))
+                f"{verb} of {resource} was refused by the API server: {error}",
+                same_as=f"{verb} {resource} {error.status} {error.reason}"))
 
     def _wrote(self, verb: str, resource: str) -> None:
         self.metrics.policy_writes.labels(verb, resource).inc()
@@ -413,13 +427,18 @@ class Controller:
     async def _delete(self, policy: CachedPolicy, outcome: Outcome) -> None:
         if not self.config.dry_run:
             try:
-                await self.client.delete(KUBEARMOR_POLICIES, policy.namespace, policy.name,
-                                         uid=policy.uid)
+                answer = await self.client.delete(KUBEARMOR_POLICIES, policy.namespace,
+                                                  policy.name, uid=policy.uid)
             except ApiError as error:
                 self._failed("delete", f"KubeArmorPolicy {policy.name}", error, outcome)
                 return
             self._wrote("delete", "kubearmorpolicies")
-            self.kubearmor_policies.delete(policy.key, uid=policy.uid)
+            if answer is not None and answer.get("kind") == KUBEARMOR_POLICIES.kind:
+                # a finalizer holds it: it is still there, being deleted
+                self._remember(self.kubearmor_policies, CachedPolicy.from_json(answer))
+            elif self.kubearmor_policies.delete(policy.key, uid=policy.uid) is not None:
+                # the watch's DELETED finds nothing left to report: say it here
+                self.on_kubearmor_policy(Change.DELETED, policy, None, False)
         outcome.deleted.append(policy.name)
 
     async def _write_status(self, nimbus_policy: CachedNimbusPolicy, names: list[str],

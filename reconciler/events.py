@@ -39,7 +39,7 @@ def _clip(text: str) -> str:
 
 def event_name(nimbus_policy: CachedNimbusPolicy, problem: Problem) -> str:
     identity = "\0".join((nimbus_policy.uid, str(nimbus_policy.generation), problem.kind.value,
-                          problem.field, problem.message))
+                          problem.field, problem.identity))
     return f"{nimbus_policy.name[:200]}.{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
@@ -62,6 +62,8 @@ class ProblemReporter:
             return
         if self.client is not None and not self.dry_run and not reported:
             reported |= await self._posted(nimbus_policy)  # by this process before a restart
+        # Events of this generation's problems (those of earlier generations do not count)
+        posted = len(reported.intersection(names))
         for index, (problem, name) in enumerate(zip(problems, names, strict=True)):
             if name in reported:
                 continue
@@ -70,13 +72,14 @@ class ProblemReporter:
                 "problem": problem.kind.value, "field": problem.field,
                 "rule_index": problem.rule_index, "rule_id": problem.rule_id})
             self.metrics.problems.labels(problem.kind.value).inc()
-            if self.client is not None and not self.dry_run and len(reported) < MAX_EVENTS:
+            if self.client is not None and not self.dry_run and posted < MAX_EVENTS:
                 more = len(problems) - index - 1
-                if len(reported) == MAX_EVENTS - 1 and more:
+                if posted == MAX_EVENTS - 1 and more:
                     problem = attrs.evolve(problem, message=f"{problem.message} (and {more} more "
                                            "problems in this NimbusPolicy; the reconciler's log "
                                            "lists them all)")
                 await self._post(nimbus_policy, problem, name)
+                posted += 1
             reported.add(name)
 
     async def _posted(self, nimbus_policy: CachedNimbusPolicy) -> set[str]:

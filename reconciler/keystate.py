@@ -34,10 +34,10 @@ class KeyState:
 class KeyStates:
     def __init__(self) -> None:
         self._states: dict[str, KeyState] = {}
-        # "namespace/name" of a KubeArmorPolicy someone else holds -> the NimbusPolicy key that
-        # needs its name: when that object changes or goes away, that NimbusPolicy is looked at
-        # again. Always exactly the union of what set_claims was last told for each key.
-        self._claimant: dict[str, str] = {}
+        # "namespace/name" of a KubeArmorPolicy someone else holds -> the NimbusPolicy keys that
+        # need its name: when that object changes or goes away, they are looked at again.
+        # Always exactly the inverse of _claims, which is what set_claims was last told per key.
+        self._claimants: dict[str, set[str]] = {}
         self._claims: dict[str, frozenset[str]] = {}
 
     def get(self, key: str) -> KeyState:
@@ -49,15 +49,17 @@ class KeyStates:
     def set_claims(self, key: str, claims: frozenset[str]) -> None:
         previous = self._claims.pop(key, frozenset())
         for name in previous - claims:
-            if self._claimant.get(name) == key:
-                del self._claimant[name]
-        for name in claims:
-            self._claimant[name] = key
+            keys = self._claimants[name]
+            keys.discard(key)
+            if not keys:
+                del self._claimants[name]
+        for name in claims - previous:
+            self._claimants.setdefault(name, set()).add(key)
         if claims:
             self._claims[key] = claims
 
-    def claimant(self, policy_key: str) -> str | None:
-        return self._claimant.get(policy_key)
+    def claimants(self, policy_key: str) -> frozenset[str]:
+        return frozenset(self._claimants.get(policy_key, ()))
 
     def forget(self, key: str) -> None:
         self._states.pop(key, None)
@@ -66,4 +68,4 @@ class KeyStates:
     def sizes(self) -> dict[str, int]:
         """How many entries each map holds (tests check nothing outlives its NimbusPolicy)."""
         return {"states": len(self._states), "claims": len(self._claims),
-                "claimants": len(self._claimant)}
+                "claimants": len(self._claimants)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -150,6 +151,10 @@ class KubeClient:
     def __init__(self, api: Any, request_timeout: float = 30.0) -> None:
         self.api = api
         self.request_timeout = httpx.Timeout(request_timeout)
+        self.request_seconds = request_timeout
+        # When a write last failed without an answer (timed out, connection lost after it was
+        # sent): the server may apply it up to a request timeout later.
+        self._unanswered_write_at: float | None = None
         # Bumped each time the credentials are read again: a request that failed with 401
         # under an older generation retries without reading them once more.
         self._credentials_generation = 0
@@ -167,8 +172,22 @@ class KubeClient:
             if session is not None and self.api.auth.token:
                 session.headers["Authorization"] = f"Bearer {self.api.auth.token}"
 
+    def writes_may_still_land(self) -> bool:
+        """Whether a write that got no answer may still be applied by the server."""
+        return self._unanswered_write_at is not None and \
+            time.monotonic() - self._unanswered_write_at < self.request_seconds
+
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
+        try:
+            return await self._attempts(method, resource, namespace, url, **kwargs)
+        except ApiError as error:
+            if error.status == 0 and method != "GET":
+                self._unanswered_write_at = time.monotonic()
+            raise
+
+    async def _attempts(self, method: str, resource: Resource, namespace: str | None,
+                        url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
         for attempt in range(2):
             generation = self._credentials_generation
@@ -256,16 +275,19 @@ class KubeClient:
                                    json=body, params={"fieldManager": field_manager})
 
     async def delete(self, resource: Resource, namespace: str | None, name: str,
-                     uid: str | None = None) -> None:
-        """Delete `name` if it is still the object with `uid`; already gone is success."""
+                     uid: str | None = None) -> Obj | None:
+        """Delete `name` if it is still the object with `uid`; already gone is success.
+        Returns the answer: the object while a finalizer holds it, else a Status (or None when
+        it was already gone)."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1",
                 "preconditions": {"uid": uid} if uid else {}}
         try:
-            await self._request("DELETE", resource, namespace, self._url(resource, name),
-                                content=json.dumps(body))
+            return await self._request("DELETE", resource, namespace, self._url(resource, name),
+                                       content=json.dumps(body))
         except ApiError as error:
             if not error.not_found:
                 raise
+            return None
 
 
 async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:

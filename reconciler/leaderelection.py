@@ -27,6 +27,7 @@ import attrs
 from .clock import Clock, MonotonicClock
 from .kube import LEASES, ApiError, KubeClient, api_error
 from .metrics import Metrics
+from .reflector import SHORT_WATCH_SECONDS
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "nimbus-kubearmor"
@@ -79,6 +80,7 @@ class LeaderElector:
         self._changed = anyio.Event()  # the watch saw the Lease change
         self._expires_at: float | None = None  # local time another holder's lease runs out
         self.healthy = False  # the last attempt reached the API server
+        self._stop_renewing = anyio.Event()
 
     @property
     def is_leader(self) -> bool:
@@ -106,23 +108,33 @@ class LeaderElector:
         log.info("became leader", extra={"lease": f"{cfg.namespace}/{cfg.name}",
                                          "identity": cfg.identity})
 
-    async def keep_renewing(self) -> None:
-        """Renew every retryPeriod; return (leadership lost) when no renewal succeeded within
-        renewDeadline."""
+    async def keep_renewing(self) -> bool:
+        """Renew every retryPeriod until stop_renewing() (returns True), or until no renewal
+        succeeded within renewDeadline (returns False: leadership lost). A renewal under way is
+        never cut short by stop_renewing(): a request cancelled mid-flight may still be applied,
+        and the release that follows would then carry a stale resourceVersion."""
         cfg = self.config
         last_renewal = self.clock.now()
         while True:
-            await anyio.sleep(cfg.retry_period)
+            with anyio.move_on_after(cfg.retry_period):
+                await self._stop_renewing.wait()
+            if self._stop_renewing.is_set():
+                return True
             remaining = max(0.0, cfg.renew_deadline - (self.clock.now() - last_renewal))
             with anyio.move_on_after(remaining):
-                while not await self._try_acquire_or_renew():  # noqa: ASYNC110 (retrying a request)
+                while not await self._try_acquire_or_renew():
+                    if self._stop_renewing.is_set():
+                        return True
                     await anyio.sleep(cfg.retry_period / 4)
                 last_renewal = self.clock.now()
                 continue
             self.leading = anyio.Event()
             self._status.set(0)
             log.error("leader election lost", extra={"lease": f"{cfg.namespace}/{cfg.name}"})
-            return
+            return False
+
+    def stop_renewing(self) -> None:
+        self._stop_renewing.set()
 
     async def release(self) -> None:
         """Give the Lease up so a standby takes over at once (best effort)."""
@@ -194,9 +206,12 @@ class LeaderElector:
             self._observed_at = self.clock.now()
 
     async def _watch_lease(self) -> None:
-        """Wake the acquire loop whenever the Lease changes; errors just end the speed-up."""
+        """Wake the acquire loop whenever the Lease changes; errors just end the speed-up. A
+        stream that fails, or ends within a second, is opened again only after the retry
+        period: a proxy closing every stream at once must not make this a hot loop."""
         cfg = self.config
         while True:
+            started, failed = self.clock.now(), False
             try:
                 async with self.client.watch(LEASES, cfg.namespace, resource_version="",
                                              timeout_seconds=300, read_timeout=90,
@@ -204,4 +219,6 @@ class LeaderElector:
                     async for _ in events:
                         self._changed.set()
             except ApiError:
+                failed = True
+            if failed or self.clock.now() - started < SHORT_WATCH_SECONDS:
                 await anyio.sleep(cfg.retry_period)

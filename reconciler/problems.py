@@ -29,6 +29,13 @@ class Problem:
     message: str
     rule_index: int | None = None
     rule_id: str | None = None
+    # What makes two problems the same one, when not the message: a refusal is reported once
+    # however the server's wording of it varies between attempts (quota usage, say).
+    same_as: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.same_as if self.same_as is not None else self.message
 
     def __str__(self) -> str:
         return f"NimbusPolicy {self.policy}: {self.field}: {self.message}"

@@ -23,6 +23,7 @@ import anyio
 
 from .clock import Clock, MonotonicClock
 from .kube import ApiError, KubeClient, Resource, api_error
+from .memory import release_free_memory
 from .metrics import Metrics
 from .store import Change, Store, V
 
@@ -112,7 +113,7 @@ class Reflector(Generic[V]):
                  metrics: Metrics, *, page_size: int = 500,
                  watch_timeout: tuple[int, int] = (300, 600), read_timeout: float = 90.0,
                  clock: Clock | None = None, backoff: Backoff | None = None,
-                 startup: Backoff | None = None) -> None:
+                 startup: Backoff | None = None, page_lock: anyio.Lock | None = None) -> None:
         self.client = client
         self.resource = resource
         self.namespace = namespace
@@ -126,6 +127,8 @@ class Reflector(Generic[V]):
         self.clock = clock or MonotonicClock()
         self.backoff = backoff or Backoff(self.clock)
         self.startup_backoff = startup or startup_backoff(self.clock)
+        # Held while a page is fetched and slimmed; reflectors sharing it hold one page at a time.
+        self.page_lock = page_lock or anyio.Lock()
         self.synced = anyio.Event()  # set once a LIST has completed
         self.watching = False  # a watch stream is open
         # Where the next watch starts; None: the next step is a LIST.
@@ -193,45 +196,55 @@ class Reflector(Generic[V]):
 
     async def list_once(self) -> str:
         """One full LIST into the store, page by page; sets and returns the resourceVersion
-        to watch from. Each page's objects are slimmed and stored as they arrive, so no more
-        than one page of full objects is ever held."""
+        to watch from. Each page's objects are slimmed and stored as they arrive, and each
+        object's JSON is let go as soon as it is slimmed; with the other reflectors sharing
+        `page_lock`, no more than one page of full objects is held in the process at a time."""
         first = not self.synced.is_set()
-        seen: set[str] = set()
+        # What the store holds now and the LIST has not named yet (the store's own key strings:
+        # nothing new is allocated for 25,000 keys); what is left at the end is gone.
+        unseen = self.store.keys_in(self.namespace)
         continue_token: str | None = None
         limit: int | None = self.page_size
         while True:
-            try:
-                page = await self.client.list(self.resource, self.namespace, limit=limit,
-                                              continue_token=continue_token)
-            except ApiError as error:
-                if not (error.gone and continue_token):
-                    raise
-                # The snapshot being paged through was compacted away: list it all in one
-                # request instead, as client-go's pager does (FullListIfExpired).
-                log.info("list continuation expired, listing in one request",
-                         extra={"resource": self._label, "scope": self.scope})
-                seen, continue_token, limit = set(), None, None
-                continue
-            items = page.get("items") or []
-            for item in items:
-                item.setdefault("apiVersion", self.resource.api_version)  # list items carry none
-                value = self.transform(item)
-                seen.add(value.key)
-                self._store(value, first)
-            del items
-            metadata = page.get("metadata") or {}
+            async with self.page_lock:
+                try:
+                    page = await self.client.list(self.resource, self.namespace, limit=limit,
+                                                  continue_token=continue_token)
+                except ApiError as error:
+                    if not (error.gone and continue_token):
+                        raise
+                    # The snapshot being paged through was compacted away: list it all in one
+                    # request instead, as client-go's pager does (FullListIfExpired).
+                    log.info("list continuation expired, listing in one request",
+                             extra={"resource": self._label, "scope": self.scope})
+                    unseen, continue_token, limit = self.store.keys_in(self.namespace), None, None
+                    continue
+                metadata = page.get("metadata") or {}
+                items = page.pop("items", None) or []
+                del page
+                for index, item in enumerate(items):
+                    items[index] = None  # the JSON goes as soon as it is slimmed
+                    item.setdefault("apiVersion", self.resource.api_version)  # list items carry none
+                    value = self.transform(item)
+                    del item
+                    unseen.discard(value.key)
+                    self._store(value, first)
+                del items
             continue_token = metadata.get("continue") or None
             if not continue_token:
                 break
-            del page
-        for old in self.store.delete_unseen(seen, self.namespace):
-            self.handler(Change.DELETED, old, None, first)
+        for key in unseen:
+            old = self.store.delete(key)
+            if old is not None:
+                self.handler(Change.DELETED, old, None, first)
+        resource_version = str(metadata.get("resourceVersion") or "")
+        if not resource_version:  # a broken proxy or aggregated API: nowhere to watch from
+            raise ApiError(502, "NoResourceVersion", "the LIST's answer had no resourceVersion")
         self.metrics.relists.labels(self._label).inc()
-        self.resource_version = str(metadata.get("resourceVersion") or "")
-        if not self.resource_version:
-            raise ApiError(0, "NoResourceVersion", "the LIST's answer had no resourceVersion")
+        self.resource_version = resource_version
         self.synced.set()
-        return self.resource_version
+        release_free_memory()  # what the pages took from the C allocator
+        return resource_version
 
     def _store(self, value: V, from_list: bool) -> None:
         result = self.store.upsert(value)
@@ -260,8 +273,9 @@ class Reflector(Generic[V]):
     def _apply(self, event: Obj) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
-            raise ApiError(int(obj.get("code") or 500), str(obj.get("reason") or "Error"),
-                           str(obj.get("message") or obj))
+            reason = str(obj.get("reason") or "Error")
+            code = obj.get("code") or (410 if reason in ("Expired", "Gone") else 500)
+            raise ApiError(int(code), reason, str(obj.get("message") or obj))
         metadata = obj.get("metadata") or {}
         if kind in ("ADDED", "MODIFIED"):
             self._store(self.transform(obj), False)

@@ -105,9 +105,9 @@ class Store(Generic[V]):
         self._unindex(key, old)
         return old
 
-    def delete_unseen(self, seen: set[str], namespace: str | None) -> list[V]:
-        """After a full LIST of `namespace` (None: all) whose keys are `seen`: remove what the
-        LIST did not have, and return it."""
-        prefix = f"{namespace}/" if namespace is not None else ""
-        gone = [k for k in self._objects if k not in seen and k.startswith(prefix)]
-        return [value for key in gone if (value := self.delete(key)) is not None]
+    def keys_in(self, namespace: str | None) -> set[str]:
+        """The keys of the objects of `namespace` (None: all), as stored."""
+        if namespace is None:
+            return set(self._objects)
+        prefix = f"{namespace}/"
+        return {key for key in self._objects if key.startswith(prefix)}

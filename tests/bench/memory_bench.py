@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.builder import desired_policies
 from reconciler.cached import CachedNimbusPolicy, CachedPolicy
-from reconciler.controller import _controller_uid
+from reconciler.controller import controller_index
 from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
 from reconciler.plan import build_desired
@@ -101,7 +101,7 @@ def run(quick: bool = False) -> dict[str, float]:
     nimbus_policies, policies = objects(count)
 
     def policy_store() -> Store[CachedPolicy]:
-        store: Store[CachedPolicy] = Store(index=_controller_uid)
+        store: Store[CachedPolicy] = Store(index=controller_index)
         for obj in policies:
             store.upsert(CachedPolicy.from_json(obj))
         return store
