@@ -5,21 +5,30 @@ mid-watch and during writes; streams cut, closed at once, silent, or ended with 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import kr8s.asyncio
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry
 
-from reconciler.controller import ControllerConfig
+from reconciler.controller import Controller, ControllerConfig
+from reconciler.kube import KubeClient
+from reconciler.leaderelection import LeaderElectionConfig, LeaderElector
+from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
-from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually
+from tests.e2e.conftest import RECONCILER_USER, REPO, RunningReconciler, eventually
 from tests.e2e.nimbus import create_binding, create_nimbus_policy, kubearmor_policies, rule
 from tests.faultproxy import (
     CloseWatch,
+    Delay,
     ErrorEvent,
     FaultProxy,
     Reset,
@@ -133,7 +142,8 @@ async def test_faults_during_pagination(api: httpx.AsyncClient, namespace: str,
                                                        for i in range(11))),
                          timeout=30, what="every NimbusPolicy's policy")
         controller = reconciler.controller
-        assert controller is not None and len(controller.kubearmor_policies) == 22
+        assert controller is not None
+        await eventually(lambda: len(controller.kubearmor_policies) == 22, what="all cached")
 
 
 async def test_a_watch_closed_at_once_is_reopened_after_a_backoff_not_at_once(
@@ -277,3 +287,52 @@ async def _status_lists(api: httpx.AsyncClient, namespace: str, name: str, count
                              f"/nimbuspolicies/{name}")
     status = response.json().get("status") or {}
     return len(status.get("adapterPolicies") or []) == count
+
+
+async def test_a_standbys_lease_watch_closed_at_once_is_not_a_hot_loop(
+        namespace: str, control_plane: LocalControlPlane, proxy: FaultProxy) -> None:
+    rbac = yaml.safe_load((REPO / "config/rbac/leader_election_role.yaml").read_text())["rules"]
+    control_plane.grant_in_namespace(RECONCILER_USER, namespace, rbac)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with control_plane.client() as admin:
+        admin.post(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", json={
+            "metadata": {"name": "held"}, "spec": {
+                "holderIdentity": "someone-else", "leaseDurationSeconds": 60,
+                "acquireTime": now, "renewTime": now}}).raise_for_status()
+    closing = proxy.add(Rule(CloseWatch(), kind="watch", path="/leases"))
+    api = await kr8s.asyncio.api(kubeconfig=str(
+        control_plane.identity_kubeconfig(RECONCILER_USER, server=proxy.url)))
+    elector = LeaderElector(KubeClient(api), LeaderElectionConfig(
+        namespace=namespace, name="held", identity="standby"), Metrics(CollectorRegistry()))
+    with anyio.move_on_after(3):  # a standby's life for 3 s (a window of time, by its nature)
+        await elector.acquire()
+    assert not elector.is_leader and elector.healthy
+    # reopened after the retry period (2 s) each time, not in a loop
+    assert 1 <= closing.hits <= 3, closing.hits
+
+
+async def test_a_write_left_without_an_answer_may_still_land(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """A create that timed out on our side is applied by the server later: the client knows
+    such a write may still land (the manager then keeps the Lease until it expires)."""
+    proxy.add(Rule(Delay(2.0, lands_anyway=True), kind="write", method="POST",
+                   path="/kubearmorpolicies", times=1))
+    kr8s_api = await kr8s.asyncio.api(kubeconfig=str(
+        control_plane.identity_kubeconfig(RECONCILER_USER, server=proxy.url)))
+    client = KubeClient(kr8s_api, request_timeout=0.5)
+    metrics = Metrics(CollectorRegistry())
+    controller = Controller(client, metrics, ControllerConfig(namespaces=(namespace,)))
+    assert not client.writes_may_still_land()
+    async with anyio.create_task_group() as running:
+        running.start_soon(controller.run)
+        await create_nimbus_policy(api, namespace, "late", [rule("dnsManipulation")])
+        await eventually(lambda: metrics.registry.get_sample_value(
+            "nimbus_kubearmor_api_errors_total", {"verb": "create", "code": "0"}),
+            what="a create without an answer")
+        assert client.writes_may_still_land()
+        assert await controller.stop(1.0)  # every reconcile finished: not the reason here
+        running.cancel_scope.cancel()
+    assert client.writes_may_still_land()
+    await eventually(lambda: has(api, namespace, "late-dnsmanipulation"),
+                     what="the unanswered create, landing all the same")

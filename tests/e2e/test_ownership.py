@@ -5,11 +5,15 @@ stay in sight. And what the controller remembers per NimbusPolicy goes with it."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from reconciler.controller import ControllerConfig
+from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RunningReconciler, eventually
 from tests.e2e.nimbus import (
     create_binding,
@@ -18,6 +22,7 @@ from tests.e2e.nimbus import (
     nimbus_policies,
     rule,
 )
+from tests.e2e.refusals import make_namespace
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
@@ -131,9 +136,20 @@ async def test_per_key_state_goes_with_its_nimbus_policy(
         async with limit:
             (await api.delete(f"{nimbus_policies(namespace)}/np-{i}")).raise_for_status()
 
+    largest = dict.fromkeys(start, 0)
+
+    async def sample() -> None:
+        while True:
+            for name, size in controller.states.sizes().items():
+                largest[name] = max(largest[name], size)
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
     await asyncio.gather(*(create_and_delete(i) for i in range(count)))
-    grown = controller.states.sizes()
-    print(f"per-key state at its largest seen: {grown}")
+    sampler.cancel()
+    print(f"per-key state at its largest: {largest}")
+    # it did grow: reconciles ran while their NimbusPolicies were being deleted
+    assert largest["states"] >= 50 and largest["claims"] >= 5, largest
 
     def settled() -> bool:
         figures = {"nimbuspolicies": len(controller.nimbus_policies),
@@ -151,3 +167,36 @@ async def test_per_key_state_goes_with_its_nimbus_policy(
                      for r in ("success", "error"))
     assert reconciles >= count and reconciler.metric(
         "nimbus_kubearmor_policy_writes_total", verb="create", resource="kubearmorpolicies") > 0
+
+
+async def test_a_policy_in_another_namespace_naming_our_uid_is_not_ours(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler_kubeconfig: Path) -> None:
+    """An ownerReference names an owner in its own namespace only: a policy elsewhere whose
+    controller reference carries our NimbusPolicy's uid must neither stand in for ours nor be
+    patched or deleted by us."""
+    elsewhere = make_namespace(control_plane)
+    running = RunningReconciler(reconciler_kubeconfig, ControllerConfig(
+        namespaces=(namespace, elsewhere)))
+    await running.start()
+    try:
+        web = await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+        await eventually(lambda: _names(api, namespace, {"web-dnsmanipulation"}), what="ours")
+        mine = (await policies(api, namespace))["web-dnsmanipulation"]
+        impostor = json.loads(json.dumps(mine))
+        impostor["metadata"] = {"name": "web-dnsmanipulation",
+                                "ownerReferences": mine["metadata"]["ownerReferences"]}
+        impostor["spec"]["action"] = "Audit"
+        (await api.post(kubearmor_policies(elsewhere), json=impostor)).raise_for_status()
+        # ours deleted: recreated in its namespace, whatever the other one says
+        (await api.delete(f"{kubearmor_policies(namespace)}/web-dnsmanipulation")
+         ).raise_for_status()
+        await eventually(lambda: _names(api, namespace, {"web-dnsmanipulation"}),
+                         what="ours recreated")
+        recreated = (await policies(api, namespace))["web-dnsmanipulation"]
+        assert recreated["metadata"]["ownerReferences"][0]["uid"] == web["metadata"]["uid"]
+        other = (await policies(api, elsewhere))["web-dnsmanipulation"]
+        assert other["spec"]["action"] == "Audit"  # never patched
+        assert "labels" not in other["metadata"]
+    finally:
+        await running.stop()

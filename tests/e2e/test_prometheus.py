@@ -10,6 +10,7 @@ rule without error, the bad-input alert firing."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,7 @@ import yaml
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
-from tests.e2e.refusals import admission_denies
-from tests.e2e.test_refusals import ksp_probe, make_namespace
+from tests.e2e.refusals import admission_denies, ksp_probe, make_namespace
 from tests.faultproxy import FaultProxy
 from tests.process import ReconcilerProcess
 from tests.prometheus import dashboards
@@ -203,10 +203,12 @@ async def test_dashboards_and_alerts_on_a_live_reconciler(
                               "--namespace", denied, "--leader-elect",
                               env={"POD_NAME": POD, "POD_NAMESPACE": namespace}) as reconciler:
         reconciler.start()
-        with PrometheusServer([scrape_config(reconciler, namespace)], [rules]) as prometheus, \
-                admission_denies(control_plane, namespace=denied, group="security.kubearmor.com",
-                                 resource="kubearmorpolicies", operations=("CREATE",),
-                                 probe=ksp_probe(denied)):  # while Prometheus discovers (5 s)
+        async with contextlib.AsyncExitStack() as stack:
+            prometheus = stack.enter_context(
+                PrometheusServer([scrape_config(reconciler, namespace)], [rules]))
+            await stack.enter_async_context(admission_denies(  # while Prometheus discovers (5 s)
+                control_plane, namespace=denied, group="security.kubearmor.com",
+                resource="kubearmorpolicies", operations=("CREATE",), probe=ksp_probe(denied)))
             # scraped and leading before anything happens: every counter's first sample is 0
             try:
                 wait_for(lambda: prometheus.query(

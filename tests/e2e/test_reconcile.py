@@ -243,3 +243,22 @@ async def test_zero_writes_in_steady_state_and_after_restart(
 async def _reconciled(reconciler: RunningReconciler, n: float) -> bool:
     return reconciler.metric("controller_runtime_reconcile_total", controller="nimbuspolicy",
                              result="success") >= n
+
+
+async def test_events_are_capped_per_generation_not_across_generations(
+        api: httpx.AsyncClient, namespace: str, reconciler: RunningReconciler) -> None:
+    bad = await create(api, namespace, "noisy", [rule(f"bad{i}") for i in range(11)])
+
+    async def events(count: int) -> list[dict[str, Any]]:
+        response = await api.get(f"/api/v1/namespaces/{namespace}/events")
+        found = [e for e in response.json()["items"]
+                 if e["involvedObject"]["uid"] == bad["metadata"]["uid"]]
+        return found if len(found) == count else []
+
+    first = await eventually(lambda: events(10), what="ten Events for eleven problems")
+    assert sum("(and 1 more problems" in e["message"] for e in first) == 1
+    # a new generation with a new problem is reported, whatever the last one posted
+    await patch(api, f"{nimbus_policies(namespace)}/noisy",
+                {"spec": {"rules": [rule("dnsManipulation"), rule("newlyBad")]}})
+    found = await eventually(lambda: events(11), what="an Event for the new generation's problem")
+    assert any("newlyBad" in e["message"] for e in found)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,9 @@ from reconciler.controller import Controller, ControllerConfig
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, REPO, RunningReconciler, eventually
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
-from tests.e2e.refusals import admission_denies
+from tests.e2e.refusals import admission_denies, ksp_probe, make_namespace
 
 KSP_GROUP = "security.kubearmor.com"
-
-
-def make_namespace(control_plane: LocalControlPlane, prefix: str = "e2e") -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    with control_plane.client() as client:
-        client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
-    return name
 
 
 @pytest.fixture
@@ -52,14 +45,6 @@ def creates_of(control_plane: LocalControlPlane, namespace: str, name: str,
             and e["objectRef"].get("name", (e.get("requestObject") or {}).get("name")) in (name, None)]
 
 
-def ksp_probe(namespace: str) -> Any:
-    body = {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
-            "metadata": {"name": "probe"}, "spec": {"selector": {"matchLabels": {}},
-                                                   "file": {"matchPaths": [{"path": "/x"}]}}}
-    return lambda client: client.post(kubearmor_policies(namespace), params={"dryRun": "All"},
-                                      json=body)
-
-
 @pytest.fixture
 async def two_namespace_reconciler(reconciler_kubeconfig: Path, namespace: str,
                                    other_namespace: str) -> AsyncIterator[RunningReconciler]:
@@ -79,9 +64,9 @@ async def test_writes_refused_in_one_namespace_cost_one_request_each_and_nothing
     await create_nimbus_policy(api, other_namespace, "fine", [rule("dnsManipulation")])
     await eventually(lambda: _has(api, other_namespace, "fine-dnsmanipulation"), what="convergence")
     mark = len(control_plane.audit_events())
-    with admission_denies(control_plane, namespace=namespace, group=KSP_GROUP,
-                          resource="kubearmorpolicies", operations=("CREATE",),
-                          probe=ksp_probe(namespace)) as refusal:
+    async with admission_denies(control_plane, namespace=namespace, group=KSP_GROUP,
+                                resource="kubearmorpolicies", operations=("CREATE",),
+                                probe=ksp_probe(namespace)) as refusal:
         refused = await create_nimbus_policy(api, namespace, "refused", [rule("dnsManipulation")])
 
         async def refusals() -> float:
@@ -143,14 +128,15 @@ async def test_a_namespace_being_deleted_is_waited_out_not_fought(
     controller = reconciler.controller
     assert controller is not None
 
-    def delete_probe(client: httpx.Client) -> httpx.Response:
+    def delete_probe(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
         return client.delete(f"{nimbus_policies(namespace)}/doomed", params={"dryRun": "All"})
 
     # The NimbusPolicy cannot be deleted (as with a slow finalizer elsewhere), so the namespace
     # stays Terminating with it inside while the namespace controller deletes our policies.
     mark = len(control_plane.audit_events())
-    with admission_denies(control_plane, namespace=namespace, group="intent.security.nimbus.com",
-                          resource="nimbuspolicies", operations=("DELETE",), probe=delete_probe):
+    async with admission_denies(control_plane, namespace=namespace,
+                                group="intent.security.nimbus.com", resource="nimbuspolicies",
+                                operations=("DELETE",), probe=delete_probe):
         with control_plane.client() as client:
             client.delete(f"/api/v1/namespaces/{namespace}").raise_for_status()
         await eventually(lambda: _count(api, namespace, 0), timeout=60,
