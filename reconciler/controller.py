@@ -128,6 +128,10 @@ class Controller:
                 page_size=self.config.page_size, page_lock=page_lock))
         self._gauges = (metrics.max_concurrent_reconciles.labels(CONTROLLER),
                         metrics.active_workers.labels(CONTROLLER))
+        # at 0 from the start, as controller-runtime does: increase() counts the first error
+        for result in ("success", "error"):
+            metrics.reconcile_total.labels(CONTROLLER, result)
+        metrics.reconcile_errors.labels(CONTROLLER)
         self._stopping = False  # set by stop(): workers take no new keys
         self._workers: anyio.CancelScope | None = None  # while workers run
         self._workers_done = anyio.Event()
