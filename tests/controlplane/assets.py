@@ -8,18 +8,18 @@ outside the repository, filled by `go build` from the Go module proxy when empty
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
 import attrs
+
+from tests.buildcache import build_once
 
 MODULE_DIR = Path(__file__).resolve().parent
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
@@ -116,41 +116,25 @@ def _ldflags(version: str) -> str:
 def build(log: TextIO | None = None) -> Assets:
     """Build every binary into the cache (once; concurrent callers wait on a lock)."""
     out = log or sys.stderr
-    found = locate()
-    if found is not None:
-        return found
-    if shutil.which("go") is None:
+    if locate() is None and shutil.which("go") is None:
         raise AssetsError("`go` is not on PATH: it is needed once to build the control plane")
     versions = pinned_versions()
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = locate()
-        if found is not None:
-            return found
-        final = root / versions.cache_key
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
-            for name in BINARIES:
-                print(f"controlplane: building {name} ({versions.kubernetes}, etcd {versions.etcd}) "
-                      "with go build; the first build takes several minutes", file=out, flush=True)
-                started = time.monotonic()
-                subprocess.run(
-                    ["go", "build", "-trimpath", "-ldflags", _ldflags(versions.kubernetes),
-                     "-o", str(staging / name), _GO_PACKAGES[name]],
-                    cwd=MODULE_DIR, check=True,
-                    env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"},
-                )
-                print(f"controlplane: built {name} in {time.monotonic() - started:.0f}s",
-                      file=out, flush=True)
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return Assets(final, versions)
+
+    def build_into(staging: Path) -> None:
+        for name in BINARIES:
+            print(f"controlplane: building {name} ({versions.kubernetes}, etcd {versions.etcd}) "
+                  "with go build; the first build takes several minutes", file=out, flush=True)
+            started = time.monotonic()
+            subprocess.run(
+                ["go", "build", "-trimpath", "-ldflags", _ldflags(versions.kubernetes),
+                 "-o", str(staging / name), _GO_PACKAGES[name]],
+                cwd=MODULE_DIR, check=True,
+                env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"},
+            )
+            print(f"controlplane: built {name} in {time.monotonic() - started:.0f}s",
+                  file=out, flush=True)
+
+    return build_once(cache_root(), versions.cache_key, locate, build_into)
 
 
 def main(argv: list[str]) -> int:

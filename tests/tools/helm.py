@@ -10,17 +10,17 @@ once; concurrent callers wait on a file lock; reused when present.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
+
+from tests.buildcache import build_once
 
 MODULE = "helm.sh/helm/v3"
 VERSION = "v3.22.0"
@@ -86,39 +86,23 @@ def installed_version(helm: Path) -> str:
 def build(log: TextIO | None = None) -> Path:
     """The helm binary, built into the cache first if it is not there."""
     out = log or sys.stderr
-    found = locate()
-    if found is not None:
-        return found
-    if shutil.which("go") is None:
+    if locate() is None and shutil.which("go") is None:
         raise HelmBuildError("`go` is not on PATH: it is needed once to build helm")
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = locate()
-        if found is not None:
-            return found
-        final = binary_path().parent
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
-            print(f"tools: building helm {VERSION} with go install (once: about 2-3 minutes)",
-                  file=out, flush=True)
-            started = time.monotonic()
-            subprocess.run(["go", "install", "-trimpath", "-ldflags", _ldflags(),
-                            f"{MODULE}/cmd/helm@{VERSION}"],
-                           check=True, cwd=staging, env={**_go_env(), "GOBIN": str(staging)})
-            version = installed_version(staging / "helm")
-            if version != VERSION:
-                raise HelmBuildError(f"built helm says it is {version!r}, not {VERSION}")
-            print(f"tools: built helm {version} in {time.monotonic() - started:.0f}s",
-                  file=out, flush=True)
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return binary_path()
+
+    def build_into(staging: Path) -> None:
+        print(f"tools: building helm {VERSION} with go install (once: about 2-3 minutes)",
+              file=out, flush=True)
+        started = time.monotonic()
+        subprocess.run(["go", "install", "-trimpath", "-ldflags", _ldflags(),
+                        f"{MODULE}/cmd/helm@{VERSION}"],
+                       check=True, cwd=staging, env={**_go_env(), "GOBIN": str(staging)})
+        version = installed_version(staging / "helm")
+        if version != VERSION:
+            raise HelmBuildError(f"built helm says it is {version!r}, not {VERSION}")
+        print(f"tools: built helm {version} in {time.monotonic() - started:.0f}s",
+              file=out, flush=True)
+
+    return build_once(cache_root(), binary_path().parent.name, locate, build_into)
 
 
 def main(argv: list[str]) -> int:
