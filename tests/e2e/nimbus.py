@@ -54,3 +54,18 @@ async def create_nimbus_policy(client: httpx.AsyncClient, namespace: str, name: 
     response = await client.post(nimbus_policies(namespace), json=body)
     response.raise_for_status()
     return response.json()  # type: ignore[no-any-return]
+
+
+async def policies(client: httpx.AsyncClient, namespace: str) -> dict[str, dict[str, Any]]:
+    """Every KubeArmorPolicy in `namespace`, by name."""
+    response = await client.get(kubearmor_policies(namespace))
+    response.raise_for_status()
+    return {p["metadata"]["name"]: p for p in response.json()["items"]}
+
+
+async def policy_names(client: httpx.AsyncClient, namespace: str) -> set[str]:
+    return set(await policies(client, namespace))
+
+
+async def has_policies(client: httpx.AsyncClient, namespace: str, *names: str) -> bool:
+    return set(names) <= await policy_names(client, namespace)

@@ -25,7 +25,14 @@ from reconciler.leaderelection import LeaderElectionConfig, LeaderElector
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, REPO, RunningReconciler, eventually
-from tests.e2e.nimbus import create_binding, create_nimbus_policy, kubearmor_policies, rule
+from tests.e2e.nimbus import (
+    create_binding,
+    create_nimbus_policy,
+    has_policies,
+    kubearmor_policies,
+    policy_names,
+    rule,
+)
 from tests.faultproxy import (
     CloseWatch,
     Delay,
@@ -60,14 +67,6 @@ async def through(proxy: FaultProxy, control_plane: LocalControlPlane, namespace
         await running.stop()
 
 
-async def names(api: httpx.AsyncClient, namespace: str) -> set[str]:
-    response = await api.get(kubearmor_policies(namespace))
-    response.raise_for_status()
-    return {p["metadata"]["name"] for p in response.json()["items"]}
-
-
-async def has(api: httpx.AsyncClient, namespace: str, *wanted: str) -> bool:
-    return set(wanted) <= await names(api, namespace)
 
 
 def relists(reconciler: RunningReconciler, resource: str) -> float:
@@ -96,14 +95,14 @@ async def test_lists_refused_at_start_up_then_ready_within_seconds(
         # LIST ever completing: never ready), or reconcile from a half-filled cache
         assert not [e for e in proxy.requests(kind="watch") if "resourceVersion=&" in e.query
                     or e.query.endswith("resourceVersion=")]
-        assert await names(api, namespace) == set()
+        assert await policy_names(api, namespace) == set()
         await eventually(lambda: refusals[-1].hits == 2, timeout=10, what="the last refusal")
         allowed = time.monotonic()
         await eventually(lambda: not controller.readiness(), timeout=10, interval=0.02,
                          what="ready once LISTs work")
         print(f"ready {time.monotonic() - allowed:.2f}s after the LISTs worked again")
         assert time.monotonic() - allowed < 5
-        await eventually(lambda: has(api, namespace, "early-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "early-dnsmanipulation"), what="convergence")
         watches = proxy.requests(kind="watch")
         assert watches and all("resourceVersion=" in e.query and "resourceVersion=&" not in e.query
                                for e in watches)
@@ -138,7 +137,7 @@ async def test_faults_during_pagination(api: httpx.AsyncClient, namespace: str,
         assert len(ksp_lists) == 3  # page 1, the refused page 2, the full list
         np_lists = proxy.requests(kind="list", path="/nimbuspolicies")
         assert [("continue" in e.query) for e in np_lists] == [False, True, False, True, True]
-        await eventually(lambda: has(api, namespace, *(f"np-{i:02d}-dnsmanipulation"
+        await eventually(lambda: has_policies(api, namespace, *(f"np-{i:02d}-dnsmanipulation"
                                                        for i in range(11))),
                          timeout=30, what="every NimbusPolicy's policy")
         controller = reconciler.controller
@@ -151,7 +150,7 @@ async def test_a_watch_closed_at_once_is_reopened_after_a_backoff_not_at_once(
         proxy: FaultProxy) -> None:
     await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
     async with through(proxy, control_plane, namespace) as reconciler:
-        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "web-dnsmanipulation"), what="convergence")
         lists_before = relists(reconciler, "kubearmorpolicies")
         closing = proxy.add(Rule(CloseWatch(), kind="watch", path="/kubearmorpolicies"))
         proxy.reset_open(kind="watch", path="/kubearmorpolicies")
@@ -171,7 +170,7 @@ async def test_a_watch_closed_at_once_is_reopened_after_a_backoff_not_at_once(
         await eventually(lambda: not controller.readiness(), timeout=30, what="watching again")
         assert relists(reconciler, "kubearmorpolicies") == lists_before  # the position held
         (await api.delete(f"{kubearmor_policies(namespace)}/web-dnsmanipulation")).raise_for_status()
-        await eventually(lambda: has(api, namespace, "web-dnsmanipulation"), what="repair")
+        await eventually(lambda: has_policies(api, namespace, "web-dnsmanipulation"), what="repair")
 
 
 async def test_streams_cut_or_expired_mid_watch_lose_nothing(
@@ -179,7 +178,7 @@ async def test_streams_cut_or_expired_mid_watch_lose_nothing(
         proxy: FaultProxy) -> None:
     await create_nimbus_policy(api, namespace, "a", [rule("dnsManipulation")])
     async with through(proxy, control_plane, namespace) as reconciler:
-        await eventually(lambda: has(api, namespace, "a-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "a-dnsmanipulation"), what="convergence")
         controller = reconciler.controller
         assert controller is not None
         before = {r: relists(reconciler, r) for r in ("kubearmorpolicies", "nimbuspolicies")}
@@ -189,7 +188,7 @@ async def test_streams_cut_or_expired_mid_watch_lose_nothing(
         assert proxy.reset_open(kind="watch") == 2
         (await api.delete(f"{kubearmor_policies(namespace)}/a-dnsmanipulation")).raise_for_status()
         await create_nimbus_policy(api, namespace, "b", [rule("pkgMgrs")])
-        await eventually(lambda: has(api, namespace, "a-dnsmanipulation", "b-pkgmgrs"),
+        await eventually(lambda: has_policies(api, namespace, "a-dnsmanipulation", "b-pkgmgrs"),
                          what="what changed during the cut")
         assert {r: relists(reconciler, r) for r in before} == before
 
@@ -217,7 +216,7 @@ async def test_a_silent_watch_is_noticed(api: httpx.AsyncClient, namespace: str,
                          timeout=20, what="the silence noticed")
         assert silent.hits == 1
         await create_nimbus_policy(api, namespace, "c", [rule("pkgMgrs")])
-        await eventually(lambda: has(api, namespace, "c-pkgmgrs"), timeout=30,
+        await eventually(lambda: has_policies(api, namespace, "c-pkgmgrs"), timeout=30,
                          what="a change after the silence")
 
 
@@ -234,7 +233,7 @@ async def test_a_watch_ended_by_the_server_resumes_from_its_last_bookmark(
         assert versions == sorted(versions) and "allowWatchBookmarks=true" in queries[0]
         assert relists(reconciler, "kubearmorpolicies") == 1
         await create_nimbus_policy(api, namespace, "late", [rule("dnsManipulation")])
-        await eventually(lambda: has(api, namespace, "late-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "late-dnsmanipulation"), what="convergence")
 
 
 async def test_refused_and_broken_writes_are_retried_with_backoff_and_retry_after(
@@ -340,5 +339,5 @@ async def test_a_write_left_without_an_answer_may_still_land(
         assert await controller.stop(1.0)  # every reconcile finished: not the reason here
         running.cancel_scope.cancel()
     assert client.writes_may_still_land()
-    await eventually(lambda: has(api, namespace, "late-dnsmanipulation"),
+    await eventually(lambda: has_policies(api, namespace, "late-dnsmanipulation"),
                      what="the unanswered create, landing all the same")

@@ -20,17 +20,13 @@ from tests.e2e.nimbus import (
     create_nimbus_policy,
     kubearmor_policies,
     nimbus_policies,
+    policies,
     rule,
 )
 from tests.e2e.refusals import make_namespace
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
-
-async def policies(api: httpx.AsyncClient, namespace: str) -> dict[str, dict[str, Any]]:
-    response = await api.get(kubearmor_policies(namespace))
-    response.raise_for_status()
-    return {p["metadata"]["name"]: p for p in response.json()["items"]}
 
 
 async def events_of(api: httpx.AsyncClient, namespace: str, uid: str) -> list[dict[str, Any]]:

@@ -15,7 +15,12 @@ import httpx
 
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
-from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
+from tests.e2e.nimbus import (
+    create_nimbus_policy,
+    nimbus_policies,
+    policy_names,
+    rule,
+)
 from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +31,6 @@ def reconciler(*args: str, kubeconfig: Path, timeout: float = 60) -> subprocess.
                            "--log-format", "json", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
-
-async def policy_names(api: httpx.AsyncClient, namespace: str) -> set[str]:
-    response = await api.get(kubearmor_policies(namespace))
-    return {p["metadata"]["name"] for p in response.json()["items"]}
 
 
 async def test_once_and_dry_run(api: httpx.AsyncClient, namespace: str,

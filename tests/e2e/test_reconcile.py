@@ -17,16 +17,12 @@ from tests.e2e.nimbus import (
     create_nimbus_policy,
     kubearmor_policies,
     nimbus_policies,
+    policies,
     rule,
 )
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
-
-async def policies(api: httpx.AsyncClient, namespace: str) -> dict[str, dict[str, Any]]:
-    response = await api.get(kubearmor_policies(namespace))
-    response.raise_for_status()
-    return {p["metadata"]["name"]: p for p in response.json()["items"]}
 
 
 async def get_nimbus_policy(api: httpx.AsyncClient, namespace: str, name: str) -> dict[str, Any]:

@@ -17,7 +17,14 @@ import yaml
 from reconciler.controller import Controller, ControllerConfig
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, REPO, RunningReconciler, eventually
-from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, nimbus_policies, rule
+from tests.e2e.nimbus import (
+    create_nimbus_policy,
+    has_policies,
+    kubearmor_policies,
+    nimbus_policies,
+    policy_names,
+    rule,
+)
 from tests.e2e.refusals import admission_denies, ksp_probe, make_namespace
 
 KSP_GROUP = "security.kubearmor.com"
@@ -27,11 +34,6 @@ KSP_GROUP = "security.kubearmor.com"
 def other_namespace(control_plane: LocalControlPlane) -> Iterator[str]:
     yield make_namespace(control_plane)
 
-
-async def policy_names(api: httpx.AsyncClient, namespace: str) -> set[str]:
-    response = await api.get(kubearmor_policies(namespace))
-    response.raise_for_status()
-    return {p["metadata"]["name"] for p in response.json()["items"]}
 
 
 def creates_of(control_plane: LocalControlPlane, namespace: str, name: str,
@@ -62,7 +64,7 @@ async def test_writes_refused_in_one_namespace_cost_one_request_each_and_nothing
         control_plane: LocalControlPlane, two_namespace_reconciler: RunningReconciler) -> None:
     reconciler = two_namespace_reconciler
     await create_nimbus_policy(api, other_namespace, "fine", [rule("dnsManipulation")])
-    await eventually(lambda: _has(api, other_namespace, "fine-dnsmanipulation"), what="convergence")
+    await eventually(lambda: has_policies(api, other_namespace, "fine-dnsmanipulation"), what="convergence")
     mark = len(control_plane.audit_events())
     async with admission_denies(control_plane, namespace=namespace, group=KSP_GROUP,
                                 resource="kubearmorpolicies", operations=("CREATE",),
@@ -79,7 +81,7 @@ async def test_writes_refused_in_one_namespace_cost_one_request_each_and_nothing
             (await api.delete(f"{kubearmor_policies(other_namespace)}/fine-dnsmanipulation")
              ).raise_for_status()
             started = time.monotonic()
-            await eventually(lambda: _has(api, other_namespace, "fine-dnsmanipulation"),
+            await eventually(lambda: has_policies(api, other_namespace, "fine-dnsmanipulation"),
                              interval=0.01, what="the repair in the other namespace")
             latencies.append(time.monotonic() - started)
         print(f"drift repaired in {[round(s * 1000) for s in latencies]} ms during refusals")
@@ -106,12 +108,9 @@ async def test_writes_refused_in_one_namespace_cost_one_request_each_and_nothing
         assert sum(sample.value for family in restarts for sample in family.samples
                    if sample.name.endswith("_total")) == 0
     # lifted: the policy is created on the next retry
-    await eventually(lambda: _has(api, namespace, "refused-dnsmanipulation"), timeout=30,
+    await eventually(lambda: has_policies(api, namespace, "refused-dnsmanipulation"), timeout=30,
                      what="the policy once the admission policy is gone")
 
-
-async def _has(api: httpx.AsyncClient, namespace: str, name: str) -> bool:
-    return name in await policy_names(api, namespace)
 
 
 async def _at_least(value: Any, n: float) -> bool:
@@ -196,7 +195,7 @@ async def test_not_ready_until_every_cache_has_listed_then_ready_within_seconds(
                          what="ready once the LISTs are allowed")
         print(f"ready {time.monotonic() - granted:.2f}s after the grant")
         assert time.monotonic() - granted < 5
-        await eventually(lambda: _has(api, namespace, "early-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "early-dnsmanipulation"), what="convergence")
     finally:
         await running.stop()
 
@@ -215,7 +214,7 @@ async def test_a_revoked_token_is_replaced_from_the_rotated_file_without_breakin
     await running.start()
     try:
         await create_nimbus_policy(api, namespace, "before", [rule("dnsManipulation")])
-        await eventually(lambda: _has(api, namespace, "before-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "before-dnsmanipulation"), what="convergence")
         control_plane.rotate_service_account_token(kubeconfig, bound_secret=f"{account}-2")
         with control_plane.client() as client:
             client.delete(f"/api/v1/namespaces/{namespace}/secrets/{account}-1").raise_for_status()
@@ -225,7 +224,7 @@ async def test_a_revoked_token_is_replaced_from_the_rotated_file_without_breakin
             await eventually(lambda: _refused(tokens, old_token), timeout=20, interval=0.5,
                              what="the old token to be refused")
         await create_nimbus_policy(api, namespace, "after", [rule("dnsManipulation")])
-        await eventually(lambda: _has(api, namespace, "after-dnsmanipulation"), what="convergence")
+        await eventually(lambda: has_policies(api, namespace, "after-dnsmanipulation"), what="convergence")
         user = f"system:serviceaccount:{namespace}:{account}"
         # (a refused authentication is audited without a user, at stage ResponseStarted)
         answers = [e["responseStatus"]["code"] for e in control_plane.audit_events()[mark:]
@@ -238,7 +237,7 @@ async def test_a_revoked_token_is_replaced_from_the_rotated_file_without_breakin
         assert restarts == 0
         (await api.delete(f"{kubearmor_policies(namespace)}/before-dnsmanipulation")
          ).raise_for_status()
-        await eventually(lambda: _has(api, namespace, "before-dnsmanipulation"),
+        await eventually(lambda: has_policies(api, namespace, "before-dnsmanipulation"),
                          what="a repair, seen through a watch opened with the old token")
     finally:
         await running.stop()
