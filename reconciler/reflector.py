@@ -224,6 +224,10 @@ class Reflector(Generic[V]):
                 del page
                 for index, item in enumerate(items):
                     items[index] = None  # the JSON goes as soon as it is slimmed
+                    key = self._unless_known(item)
+                    if key is not None:
+                        unseen.discard(key)
+                        continue
                     item.setdefault("apiVersion", self.resource.api_version)  # list items carry none
                     value = self.transform(item)
                     del item
@@ -245,6 +249,20 @@ class Reflector(Generic[V]):
         self.synced.set()
         release_free_memory()  # what the pages took from the C allocator
         return resource_version
+
+    def _unless_known(self, obj: Obj) -> str | None:
+        """The key of `obj` if the store already holds this version of it or a later one (the
+        watch echoing our own write, a relist of what did not change): nothing to slim then."""
+        metadata = obj.get("metadata") or {}
+        key = f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
+        stored = self.store.get(key)
+        if stored is None or stored.uid != metadata.get("uid"):
+            return None
+        try:
+            known = int(metadata.get("resourceVersion") or "") <= int(stored.resource_version)
+        except (TypeError, ValueError):
+            return None
+        return key if known else None
 
     def _store(self, value: V, from_list: bool) -> None:
         result = self.store.upsert(value)
@@ -278,7 +296,8 @@ class Reflector(Generic[V]):
             raise ApiError(int(code), reason, str(obj.get("message") or obj))
         metadata = obj.get("metadata") or {}
         if kind in ("ADDED", "MODIFIED"):
-            self._store(self.transform(obj), False)
+            if self._unless_known(obj) is None:
+                self._store(self.transform(obj), False)
         elif kind == "DELETED":
             key = f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
             old = self.store.delete(key, uid=metadata.get("uid"))

@@ -171,6 +171,12 @@ class Bench:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_s(self) -> float:
+        """CPU seconds the reconciler process has used (user + system)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def reset_peak(self) -> None:
         assert self.process is not None
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -321,6 +327,7 @@ async def measure(cp: LocalControlPlane, scale: int, samples: int) -> dict[str, 
     bench.start_reconciler("bench")
     await bench.statuses_written("bench", scale)
     results["convergence_s"] = time.perf_counter() - started
+    results["convergence_cpu_s"] = bench.cpu_s()
     results["convergence_ratio"] = results["convergence_s"] / results["floor_s"]
     print(f"   convergence: {results['convergence_s']:.2f}s", flush=True)
     await asyncio.sleep(1)  # let the last watch events settle before measuring memory
