@@ -36,7 +36,6 @@ from .kube import (
     api_error,
 )
 from .metrics import Metrics
-from .model import KubeArmorPolicy, to_dict
 from .plan import Desired, Plan, build_desired, desired_objects, plan_reconcile
 from .problems import Problem, ProblemKind
 from .reflector import Reflector
@@ -282,7 +281,7 @@ class Controller:
         if state.namespace_terminating == nimbus_policy.uid:
             outcome.skipped = "its namespace is being deleted"
             return outcome
-        desired = self._desired(nimbus_policy, state)
+        desired, rendered = self._desired(nimbus_policy, state)
         owned = self.kubearmor_policies.by_index(f"{nimbus_policy.namespace}/{nimbus_policy.uid}")
 
         # plan
@@ -307,7 +306,7 @@ class Controller:
 
         try:
             # write
-            await self._write(nimbus_policy, desired, plan, outcome)
+            await self._write(nimbus_policy, desired, rendered, plan, outcome)
             # report
             if state.reported_version != nimbus_policy.version:
                 state.reported_version, state.reported = nimbus_policy.version, set()
@@ -333,22 +332,26 @@ class Controller:
             state.converged = nimbus_policy.version
         return outcome
 
-    def _desired(self, nimbus_policy: CachedNimbusPolicy, state: KeyState) -> Desired:
+    def _desired(self, nimbus_policy: CachedNimbusPolicy, state: KeyState
+                 ) -> tuple[Desired, dict[str, Any] | None]:
+        """What the NimbusPolicy requires, and the policies' JSON if they were just built."""
         if state.desired is not None and state.desired[0] == nimbus_policy.version:
-            return state.desired[1]
-        desired = build_desired(nimbus_policy)
+            return state.desired[1], None
+        desired, rendered = build_desired(nimbus_policy)
         state.desired = (nimbus_policy.version, desired)
-        return desired
+        return desired, rendered
 
     def _named(self, namespace: str) -> Any:
         return lambda name: self.kubearmor_policies.get(f"{namespace}/{name}")
 
     # --- the writes ------------------------------------------------------------------------------
 
-    async def _write(self, nimbus_policy: CachedNimbusPolicy, desired: Desired, plan: Plan,
-                     outcome: Outcome) -> None:
+    async def _write(self, nimbus_policy: CachedNimbusPolicy, desired: Desired,
+                     rendered: dict[str, Any] | None, plan: Plan, outcome: Outcome) -> None:
         existing = set(plan.diff.unchanged)
-        objects = desired_objects(nimbus_policy) if plan.diff.create or plan.diff.update else {}
+        objects = rendered or {}
+        if not objects and (plan.diff.create or plan.diff.update):
+            objects = desired_objects(nimbus_policy)
         for name in plan.diff.create:
             if await self._create(objects[name], outcome, nimbus_policy.adapter_policies):
                 existing.add(name)
@@ -387,26 +390,28 @@ class Controller:
     def _wrote(self, verb: str, resource: str) -> None:
         self.metrics.policy_writes.labels(verb, resource).inc()
 
-    async def _create(self, policy: KubeArmorPolicy, outcome: Outcome,
+    async def _create(self, policy: dict[str, Any], outcome: Outcome,
                       listed: Sequence[str]) -> bool:
-        if f"KubeArmorPolicy/{policy.name}" in listed:
+        """`policy`: its JSON."""
+        name, namespace = policy["metadata"]["name"], policy["metadata"]["namespace"]
+        if f"KubeArmorPolicy/{name}" in listed:
             self.metrics.drift_corrections.labels("missing").inc()
         if self.config.dry_run:
-            outcome.created.append(policy.name)
+            outcome.created.append(name)
             return True
         try:
-            created = await self.client.create(KUBEARMOR_POLICIES, policy.metadata.namespace,
-                                               to_dict(policy), FIELD_MANAGER)
+            created = await self.client.create(KUBEARMOR_POLICIES, namespace, policy,
+                                               FIELD_MANAGER)
         except ApiError as error:
             # AlreadyExists: the cache has not seen it yet; the next try (after a backoff) will
-            self._failed("create", f"KubeArmorPolicy {policy.name}", error, outcome)
+            self._failed("create", f"KubeArmorPolicy {name}", error, outcome)
             return False
         self._wrote("create", "kubearmorpolicies")
         self._remember(self.kubearmor_policies, CachedPolicy.from_json(created))
-        outcome.created.append(policy.name)
+        outcome.created.append(name)
         return True
 
-    async def _patch(self, update: PolicyUpdate, desired: KubeArmorPolicy,
+    async def _patch(self, update: PolicyUpdate, desired: dict[str, Any],
                      outcome: Outcome) -> bool:
         """True when the policy is now as desired."""
         name = update.name

@@ -43,16 +43,19 @@ class Fingerprint:
     owner: OwnerRef
 
 
-def fingerprint(policy: KubeArmorPolicy) -> Fingerprint:
-    rendered = to_dict(policy)
+def render(policies: Iterable[KubeArmorPolicy]) -> dict[str, Obj]:
+    """The JSON of each policy, by name, in the builder's order."""
+    return {policy.name: to_dict(policy) for policy in policies}
+
+
+def fingerprint(rendered: Obj) -> Fingerprint:
     owner = owner_ref(rendered["metadata"]["ownerReferences"][0])
     assert owner is not None
     return Fingerprint(spec_digest(rendered["spec"]), owner)
 
 
-def fingerprints(policies: Iterable[KubeArmorPolicy]) -> dict[str, Fingerprint]:
-    """By name, in the builder's order."""
-    return {policy.name: fingerprint(policy) for policy in policies}
+def fingerprints(rendered: Mapping[str, Obj]) -> dict[str, Fingerprint]:
+    return {name: fingerprint(obj) for name, obj in rendered.items()}
 
 
 @attrs.frozen
@@ -132,10 +135,10 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def repair_patch(update: PolicyUpdate, desired: KubeArmorPolicy) -> list[Obj]:
-    """A JSON patch that makes only our fields right again. Carrying the resourceVersion we
-    saw makes the API server refuse it (409) if the object changed since."""
-    wanted = to_dict(desired)
+def repair_patch(update: PolicyUpdate, wanted: Obj) -> list[Obj]:
+    """A JSON patch that makes only our fields right again (`wanted`: the desired policy's
+    JSON). Carrying the resourceVersion we saw makes the API server refuse it (409) if the
+    object changed since."""
     actual = update.actual
     ops: list[Obj] = [{"op": "replace", "path": "/metadata/resourceVersion",
                        "value": actual.resource_version}]

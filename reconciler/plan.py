@@ -11,7 +11,7 @@ import attrs
 
 from .builder import desired_policies
 from .cached import CachedNimbusPolicy, CachedPolicy
-from .diff import Fingerprint, PolicyDiff, diff_policies, fingerprints
+from .diff import Fingerprint, Obj, PolicyDiff, diff_policies, fingerprints, render
 from .model import KubeArmorPolicy
 from .parse import parse_nimbus_policy
 from .problems import Problem, ProblemKind
@@ -29,7 +29,8 @@ DRIFT_FORGIVEN_AFTER = 60.0
 class Desired:
     """What a NimbusPolicy requires, small enough to remember for each: the fingerprint of
     each policy by name (in the builder's order) and the problems found in it. The policies
-    themselves are built again (`desired_objects`) only when one has to be written."""
+    themselves are built again (`desired_objects`) only when one has to be written and they
+    were not just built."""
 
     fingerprints: Mapping[str, Fingerprint]
     problems: tuple[Problem, ...]
@@ -44,14 +45,16 @@ def _build(nimbus_policy: CachedNimbusPolicy
     return policies, problems + build_problems
 
 
-def build_desired(nimbus_policy: CachedNimbusPolicy) -> Desired:
+def build_desired(nimbus_policy: CachedNimbusPolicy) -> tuple[Desired, dict[str, Obj]]:
+    """What to remember, and the JSON of each policy by name (for this reconcile's writes)."""
     policies, problems = _build(nimbus_policy)
-    return Desired(fingerprints(policies), problems)
+    rendered = render(policies)
+    return Desired(fingerprints(rendered), problems), rendered
 
 
-def desired_objects(nimbus_policy: CachedNimbusPolicy) -> dict[str, KubeArmorPolicy]:
-    """The policies to write, by name."""
-    return {policy.name: policy for policy in _build(nimbus_policy)[0]}
+def desired_objects(nimbus_policy: CachedNimbusPolicy) -> dict[str, Obj]:
+    """The JSON of each policy to write, by name."""
+    return render(_build(nimbus_policy)[0])
 
 
 @attrs.frozen

@@ -114,7 +114,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
     policy_bytes, _ = allocated(policy_store)
     nimbus_bytes, nimbus_store = allocated(nimbus_policy_store)
-    memo_bytes, _ = allocated(lambda: {key: build_desired(nimbus_store.get(key))
+    memo_bytes, _ = allocated(lambda: {key: build_desired(nimbus_store.get(key))[0]
                                        for key in nimbus_store.list_keys()})
     per_policy = policy_bytes / len(policies)
     parts = breakdown(CachedPolicy.from_json(policies[0]))

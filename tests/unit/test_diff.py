@@ -13,6 +13,7 @@ from reconciler.diff import (
     fingerprints,
     is_orphan,
     needs_reconcile,
+    render,
     repair_patch,
     status_patch,
 )
@@ -107,7 +108,7 @@ def test_diff_create_update_delete_unchanged() -> None:
     del by_name["np-escapetohost-disallowchroot"]
     stale = stored(desired(["pkgMgrs"])[0])
     owned = [cached(p) for p in (*by_name.values(), stale)]
-    diff = diff_policies(fingerprints(policies), owned, lambda name: None)
+    diff = diff_policies(fingerprints(render(policies)), owned, lambda name: None)
     assert list(diff.create) == ["np-escapetohost-disallowchroot"]
     assert [(u.name, u.fields) for u in diff.update] == [
         ("np-dnsmanipulation", ("spec", "labels"))]
@@ -125,10 +126,10 @@ def test_repair_patch_restores_only_our_fields() -> None:
     other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "c1"}
     ours = actual["metadata"]["ownerReferences"][0]
     actual["metadata"]["ownerReferences"] = [other, {**ours, "blockOwnerDeletion": False}]
-    diff = diff_policies(fingerprints([policy]), [], lambda name: cached(actual))
+    diff = diff_policies(fingerprints(render([policy])), [], lambda name: cached(actual))
     (update,) = diff.update
     assert update.fields == ("spec", "labels", "annotations", "owner")
-    ops = repair_patch(update, policy)
+    ops = repair_patch(update, to_dict(policy))
     assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "41"}
     repaired = apply(actual, ops)
     want = to_dict(policy)
@@ -150,20 +151,20 @@ def test_names_held_by_others_are_conflicts_not_takeovers() -> None:
     for actual, transient in ((someone_elses, False), (hand_made, False),
                               (previous_incarnation, True)):
         held = cached(actual)
-        diff = diff_policies(fingerprints([policy]), [], lambda name, a=held: a)  # type: ignore[misc]
+        diff = diff_policies(fingerprints(render([policy])), [], lambda name, a=held: a)  # type: ignore[misc]
         assert diff.empty and len(diff.conflicts) == 1
         assert diff.conflicts[0].transient is transient
     # ours but unlabelled and without an owner (both edited away): adopted
     adopted = stored(policy)
     del adopted["metadata"]["ownerReferences"]
-    diff = diff_policies(fingerprints([policy]), [], lambda name: cached(adopted))
+    diff = diff_policies(fingerprints(render([policy])), [], lambda name: cached(adopted))
     assert [u.fields for u in diff.update] == [("owner",)]
     # as the upstream adapter leaves them: annotated and owned, no label: one patch adopts it
     upstream = stored(policy)
     del upstream["metadata"]["labels"]
-    (update,) = diff_policies(fingerprints([policy]), [cached(upstream)], lambda name: None).update
+    (update,) = diff_policies(fingerprints(render([policy])), [cached(upstream)], lambda name: None).update
     assert update.fields == ("labels",)
-    assert apply(upstream, repair_patch(update, policy))["metadata"]["labels"] == {
+    assert apply(upstream, repair_patch(update, to_dict(policy)))["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "nimbus-kubearmor"}
 
 
@@ -191,10 +192,10 @@ def test_cached_policies_keep_only_a_digest_of_their_spec() -> None:
     actual = stored(policy)
     kept = cached(actual)
     assert not hasattr(kept, "spec") and kept.uid == "k-np-swdeploymenttools"
-    diff = diff_policies(fingerprints([policy]), [kept], lambda name: None)
+    diff = diff_policies(fingerprints(render([policy])), [kept], lambda name: None)
     assert diff.unchanged == ("np-swdeploymenttools",)
     actual["spec"]["action"] = "Audit"
-    (update,) = diff_policies(fingerprints([policy]), [cached(actual)], lambda name: None).update
+    (update,) = diff_policies(fingerprints(render([policy])), [cached(actual)], lambda name: None).update
     assert update.fields == ("spec",)
-    assert repair_patch(update, policy)[1] == {"op": "add", "path": "/spec",
+    assert repair_patch(update, to_dict(policy))[1] == {"op": "add", "path": "/spec",
                                                "value": to_dict(policy)["spec"]}
