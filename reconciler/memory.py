@@ -26,6 +26,7 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _find_malloc_trim()
 
+
 def release_free_memory() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
