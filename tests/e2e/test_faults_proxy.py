@@ -30,6 +30,7 @@ from tests.e2e.nimbus import (
     create_nimbus_policy,
     has_policies,
     kubearmor_policies,
+    policies,
     policy_names,
     rule,
 )
@@ -341,3 +342,34 @@ async def test_a_write_left_without_an_answer_may_still_land(
     assert client.writes_may_still_land()
     await eventually(lambda: has_policies(api, namespace, "late-dnsmanipulation"),
                      what="the unanswered create, landing all the same")
+
+
+async def test_a_repair_that_meets_a_newer_version_is_refused_then_made_on_it(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """Our repair carries the resourceVersion it read; someone edits the policy again while it
+    is on its way: 409 Conflict, and the repair is made again on the version the watch brings."""
+    url = f"{kubearmor_policies(namespace)}/web-dnsmanipulation"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    async with through(proxy, control_plane, namespace):
+        await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+        await eventually(lambda: has_policies(api, namespace, "web-dnsmanipulation"),
+                         what="convergence")
+        held = proxy.add(Rule(Stall(), kind="write", method="PATCH", path="/kubearmorpolicies/",
+                              times=1))
+        (await api.patch(url, content='{"spec": {"action": "Audit"}}', headers=merge)
+         ).raise_for_status()
+        await eventually(lambda: held.hits == 1, what="our repair on its way")
+        (await api.patch(url, content='{"metadata": {"labels": {"team": "x"}}}', headers=merge)
+         ).raise_for_status()
+        assert isinstance(held.answer, Stall)
+        held.answer.release()
+
+        async def repaired() -> bool:
+            policy = (await policies(api, namespace))["web-dnsmanipulation"]
+            return policy["spec"]["action"] == "Block" and \
+                policy["metadata"]["labels"].get("team") == "x"
+        await eventually(repaired, what="the repair made on the newer version")
+        answers = [e.status for e in proxy.requests(kind="write", method="PATCH",
+                                                    path="/kubearmorpolicies/")]
+        assert answers[0] == 409 and answers[-1] == 200, answers
