@@ -8,7 +8,7 @@ import sys
 
 from .base import base_image
 from .build import build
-from .tool import ContainerTool, ContainerToolError, default_tool
+from .tool import ContainerTool, ContainerToolError
 
 DEBIAN = "debian"
 
@@ -19,11 +19,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--base", default=DEBIAN,
                         help=f"BASE_IMAGE: '{DEBIAN}' (made from Debian's archive, the default) "
                              "or an image to pull, e.g. python:3.11-slim")
-    parser.add_argument("--tool", default="", help="podman or docker (default: docker when it "
-                        "reaches an engine, else podman)")
+    parser.add_argument("--tool", default="podman", help="podman (the default) or docker")
     args = parser.parse_args(argv)
     try:
-        tool = ContainerTool(args.tool or default_tool())
+        tool = ContainerTool(args.tool)
         base = base_image(tool) if args.base == DEBIAN else args.base
         build(tool, base, args.tag)
         size = tool.image_size(args.tag)

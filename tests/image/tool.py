@@ -1,6 +1,7 @@
-"""The container tool (podman, or docker where an engine runs), with what this kind of machine
-needs: runc (crun refuses its hybrid cgroups) and the ulimits this process has (podman's default
-nofile and nproc are more than the sandbox grants, and runc then fails to start the container)."""
+"""The container tool (podman; docker, where an engine runs, if `make image`'s CONTAINER_TOOL
+says so), with what this kind of machine needs: runc (crun refuses its hybrid cgroups) and the
+ulimits this process has (podman's default nofile and nproc are more than the sandbox grants, and
+runc then fails to start the container)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ from typing import Any
 
 class ContainerToolError(RuntimeError):
     pass
-
-
-def default_tool() -> str:
-    """docker when it reaches an engine, else podman (which needs none): what `make image`
-    uses unless CONTAINER_TOOL says otherwise."""
-    if shutil.which("docker") and subprocess.run(
-            ["docker", "info"], capture_output=True, timeout=30).returncode == 0:
-        return "docker"
-    return "podman"
 
 
 class ContainerTool:
@@ -39,10 +31,10 @@ class ContainerTool:
         runtime = ["--runtime", "runc"] if self.podman and shutil.which("runc") else []
         return [self.name, *runtime, *args]
 
-    def run(self, *args: str, check: bool = True, timeout: float | None = 600,
-            capture: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True,
+            timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(self.command(*args), text=True, timeout=timeout,
-                                capture_output=capture, stdin=subprocess.DEVNULL)
+                                capture_output=True, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise ContainerToolError(f"{' '.join(self.command(*args))} exited with "
                                      f"{result.returncode}:\n{(result.stderr or '')[-3000:]}")
