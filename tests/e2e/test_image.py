@@ -13,6 +13,8 @@ a throwaway one), the mounted token; the audit log shows every request made with
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,12 +37,25 @@ BIND_FLAGS = ("--metrics-bind-address", "--health-probe-bind-address")
 CLUSTER_SCOPED = ("Namespace", "ClusterRole", "ClusterRoleBinding")
 
 
+# On each container: the pid of the test process that started it. conmon, not that process, is
+# its parent, so it outlives a test run that is killed; the next run removes it.
+OWNER = "io.nimbus-kubearmor.e2e-owner"
+
+
 @pytest.fixture(scope="module")
 def podman() -> ContainerTool:
     try:
-        return ContainerTool("podman")
+        tool = ContainerTool("podman")
     except ContainerToolError as error:
         pytest.fail(str(error))
+    listed = tool.run("ps", "--all", "--filter", f"label={OWNER}", "--format", "json",
+                      check=False)
+    for container in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
+        try:
+            os.kill(int(container["Labels"][OWNER]), 0)
+        except ProcessLookupError:
+            tool.run("rm", "--force", container["Id"], check=False)
+    return tool
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +174,7 @@ class Container:
         assert {e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]} == {
             "metadata.name", "metadata.namespace"}
         self.flags = [
-            "--name", self.name, "--network", "host",
+            "--name", self.name, "--label", f"{OWNER}={os.getpid()}", "--network", "host",
             "--user", f"{uid}:{gid}", "--read-only", "--read-only-tmpfs=false",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             # podman's default seccomp profile is RuntimeDefault
