@@ -84,3 +84,22 @@ async def test_kr8s_in_cluster_configuration_is_recognised_by_its_token_file(
     await from_kubeconfig.reauthenticate()
     assert from_kubeconfig.server == "https://127.0.0.1:6443"
     assert service_account_token(from_kubeconfig) is None
+
+
+def test_the_test_volume_is_laid_out_as_the_kubelet_lays_it(tmp_path: Path) -> None:
+    volume = ServiceAccountVolume(tmp_path / "sa", token="first", ca_pem=b"CA", namespace="ns",
+                                  run_as=(65532, 65532))
+    data = volume.directory / "..data"
+    first = data.readlink()
+    assert first.name.startswith("..") and (volume.directory / first).is_dir()
+    for name in ("token", "ca.crt", "namespace"):
+        assert (volume.directory / name).readlink() == Path("..data") / name
+    token = (volume.directory / first / "token").stat()
+    assert (token.st_uid, token.st_mode & 0o777) == (65532, 0o600)
+    assert (volume.directory / first / "ca.crt").stat().st_mode & 0o777 == 0o644
+    volume.rotate("second")
+    assert data.readlink() != first and not (volume.directory / first).exists()
+    assert (volume.directory / "token").read_text() == "second"
+    assert (volume.directory / "namespace").read_text() == "ns"
+    assert sorted(p.name for p in volume.directory.iterdir() if not p.name.startswith("..2")) == [
+        "..data", "ca.crt", "namespace", "token"]
