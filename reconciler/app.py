@@ -12,12 +12,14 @@ import attrs
 import kr8s.asyncio
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 
+from .clock import Clock, MonotonicClock
 from .controller import Controller, ControllerConfig, Outcome, summary_counts
-from .kube import KubeClient
+from .kube import KubeClient, service_account_token
 from .leaderelection import LeaderElectionConfig
 from .logs import escape_control
 from .manager import Manager
 from .metrics import Metrics
+from .tokenfile import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,15 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-async def connect(kubeconfig: str | None) -> KubeClient:
-    """In-cluster service account, else KUBECONFIG / ~/.kube/config (or --kubeconfig)."""
-    api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
-    return KubeClient(api)
+async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
+                  clock: Clock | None = None) -> KubeClient:
+    """--kubeconfig, else $KUBECONFIG or ~/.kube/config, else the in-cluster configuration
+    (kr8s's order): the service account the kubelet mounts (`serviceaccount`: another directory,
+    for tests), its token read again every minute by `clock`."""
+    api = await kr8s.asyncio.api(kubeconfig=kubeconfig, serviceaccount=serviceaccount)
+    token = service_account_token(api.auth)
+    return KubeClient(api, token_file=TokenFile(token, clock or MonotonicClock())
+                      if token is not None else None)
 
 
 async def run_controller(options: RunOptions, metrics: Metrics | None = None) -> int:

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reconciler",
         description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service "
-                        "account, else $KUBECONFIG, else ~/.kube/config)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, or "
+                        "~/.kube/config if unset; where there is none, the in-cluster service "
+                        "account)")
     parser.add_argument("--once", action="store_true",
                         help="reconcile every NimbusPolicy once, print a summary and exit "
                              "(0 converged, 1 failures, 2 bad input reported)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,6 +17,7 @@ import httpx
 import kr8s
 
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
+from .tokenfile import TokenFile
 
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
@@ -137,6 +140,17 @@ def _as_api_errors() -> Any:
         raise converted from error
 
 
+def service_account_token(auth: Any) -> Path | None:
+    """The token file kr8s's credentials came from when it found no kubeconfig and took the
+    in-cluster configuration (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the
+    CA and token mounted at /var/run/secrets/kubernetes.io/serviceaccount); None otherwise.
+    kr8s says so only by the CA file it took from that directory."""
+    directory = getattr(auth, "_serviceaccount", None)
+    if directory and auth.server_ca_file == os.path.join(directory, "ca.crt"):
+        return Path(directory) / "token"
+    return None
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
@@ -146,31 +160,61 @@ class KubeClient:
     one shared HTTP client and so closing every watch and request under way. A 403 is an answer
     (RBAC, an admission policy, a namespace being deleted), never a reason to re-authenticate.
     On a 401 the credentials are read again once (in a pod the kubelet rotates the token file)
-    and put on the shared client in place, and the request is tried once more."""
+    and put on the shared client in place, and the request is tried once more.
 
-    def __init__(self, api: Any, request_timeout: float = 30.0) -> None:
+    In a pod (`token_file`: the mounted service-account token) the token is also read again about
+    every minute, as client-go does, so a rotated token is in use long before the old one expires
+    or is revoked: no request is refused for it, no watch broken."""
+
+    def __init__(self, api: Any, request_timeout: float = 30.0,
+                 token_file: TokenFile | None = None) -> None:
         self.api = api
         self.request_timeout = httpx.Timeout(request_timeout)
         self.request_seconds = request_timeout
+        self.token_file = token_file
         # When a write last failed without an answer (timed out, connection lost after it was
         # sent): the server may apply it up to a request timeout later.
         self._unanswered_write_at: float | None = None
-        # Bumped each time the credentials are read again: a request that failed with 401
-        # under an older generation retries without reading them once more.
+        # The token on the shared client's headers (kr8s put the one it read there).
+        self._token_in_use: str | None = api.auth.token
+        # Bumped each time the credentials are read again after a 401, and each time a token
+        # read again on schedule replaces the one in use: a request that failed with 401 under
+        # an older generation retries without reading them once more.
         self._credentials_generation = 0
         self._credentials_lock = anyio.Lock()
+
+    def _credentials(self) -> int:
+        """The generation of the credentials the next request goes with, after putting a token
+        the kubelet rotated (read again once a minute) on the client."""
+        if self.token_file is not None:
+            token = self.token_file.token()
+            if token is not None and token != self._token_in_use:
+                self._use_token(token)
+                self._credentials_generation += 1
+        return self._credentials_generation
 
     async def _refresh_credentials(self, failed_under: int) -> None:
         async with self._credentials_lock:
             if self._credentials_generation != failed_under:
                 return  # another request read them meanwhile
             self._credentials_generation += 1
-            await self.api.auth.reauthenticate()
-            # kr8s puts the token into its client's default headers when it creates the client;
-            # changing them there leaves the connections (and the watches on them) alone.
-            session = getattr(self.api, "_session", None)
-            if session is not None and self.api.auth.token:
-                session.headers["Authorization"] = f"Bearer {self.api.auth.token}"
+            if self.token_file is not None:
+                token = self.token_file.read()
+            else:
+                await self.api.auth.reauthenticate()
+                token = self.api.auth.token
+            if token:
+                self._use_token(token)
+
+    def _use_token(self, token: str) -> None:
+        # kr8s puts the token into its client's default headers when it creates the client;
+        # changing them there leaves the connections (and the watches on them) alone. kr8s's
+        # own copy is for a client it may create again.
+        self.api.auth.token = token
+        session = getattr(self.api, "_session", None)
+        if session is not None:
+            session.headers["Authorization"] = f"Bearer {token}"
+        self._token_in_use = token
 
     def writes_may_still_land(self) -> bool:
         """Whether a write that got no answer may still be applied by the server."""
@@ -190,7 +234,7 @@ class KubeClient:
                         url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
         for attempt in range(2):
-            generation = self._credentials_generation
+            generation = self._credentials()
             with _as_api_errors():
                 async with self.api.call_api(method, version=resource.api_version,
                                              namespace=namespace, url=url,
@@ -229,7 +273,7 @@ class KubeClient:
             params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
         for attempt in range(2):
-            generation = self._credentials_generation
+            generation = self._credentials()
             async with contextlib.AsyncExitStack() as stack:
                 with _as_api_errors():
                     response = await stack.enter_async_context(self.api.call_api(
