@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .delegatedauth import DelegatedAuth
+if TYPE_CHECKING:
+    from .delegatedauth import DelegatedAuth
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
