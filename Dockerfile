@@ -24,5 +24,5 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && pip install --no-cache-dir --no-index --find-links=/wheels --no-deps nimbus-kubearmor
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532
-EXPOSE 8080 8081
+EXPOSE 8443 8081
 ENTRYPOINT ["python", "-m", "reconciler"]
