@@ -19,6 +19,7 @@ from .leaderelection import LeaderElectionConfig
 from .logs import escape_control
 from .manager import Manager
 from .metrics import Metrics
+from .server import parse_bind_address
 from .servingcerts import CertificateError, ServingCertificate
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ async def connect(kubeconfig: str | None) -> KubeClient:
 
 
 def metrics_certificate(options: RunOptions, metrics: Metrics) -> ServingCertificate | None:
-    """The certificate /metrics is served with; None for plain HTTP. Raises CertificateError
-    when the files given cannot be used."""
-    if not options.metrics_secure:
+    """The certificate /metrics is served with; None for plain HTTP (or no /metrics at all).
+    Raises CertificateError when the files given cannot be used."""
+    if not options.metrics_secure or parse_bind_address(options.metrics_bind_address) is None:
         return None
     files = None
     if options.metrics_cert_path is not None:

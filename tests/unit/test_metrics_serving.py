@@ -14,14 +14,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter
 
+from reconciler.app import RunOptions, metrics_certificate
 from reconciler.clock import FakeClock
+from reconciler.controller import ControllerConfig
 from reconciler.delegatedauth import DelegatedAuth
+from reconciler.metrics import Metrics
 from reconciler.server import Servers
 from reconciler.servingcerts import CertificateError, ServingCertificate, self_signed_pem
 from tests.unit.test_delegatedauth import TableReviewer
@@ -161,3 +165,20 @@ def test_a_missing_or_broken_certificate_stops_the_start(tmp_path: Path) -> None
     (tmp_path / "tls.key").write_bytes(other_key)
     with pytest.raises(CertificateError, match=r"(?i)key values mismatch"):
         ServingCertificate((tmp_path / "tls.crt", tmp_path / "tls.key"))
+
+
+def test_which_certificate_the_options_give(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    base = RunOptions(ControllerConfig())
+    assert metrics_certificate(attrs.evolve(base, metrics_bind_address="0"), metrics) is None
+    assert metrics_certificate(attrs.evolve(base, metrics_secure=False), metrics) is None
+    self_signed = metrics_certificate(base, metrics)
+    assert self_signed is not None and self_signed.files is None
+    for name, pem in zip(("cert.pem", "key.pem"), self_signed_pem("mounted"), strict=True):
+        (tmp_path / name).write_bytes(pem)
+    mounted = metrics_certificate(attrs.evolve(
+        base, metrics_cert_path=str(tmp_path), metrics_cert_name="cert.pem",
+        metrics_cert_key="key.pem"), metrics)
+    assert mounted is not None and mounted.files == (tmp_path / "cert.pem", tmp_path / "key.pem")
+    assert metrics.registry.get_sample_value("certwatcher_read_certificate_total") == 1
+    assert metrics.registry.get_sample_value("certwatcher_read_certificate_errors_total") == 0
