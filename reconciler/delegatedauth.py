@@ -122,7 +122,7 @@ class DecisionCache(Generic[K, V]):
         if flight is not None:
             await flight.done.wait()
             if flight.failed is not None:
-                raise flight.failed
+                raise ReviewFailed(str(flight.failed))  # each waiter its own
             return flight.value  # type: ignore[return-value]
         flight = self._flights[key] = _Flight()
         try:
