@@ -144,10 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             retry_period=args.leader_elect_retry_period)
     if args.metrics_bind_address is None:
         args.metrics_bind_address = ":8443" if args.metrics_secure else ":8080"
-    if args.metrics_secure and not args.once and \
-            parse_bind_address(args.metrics_bind_address) is not None and \
-            parse_bind_address(args.metrics_bind_address) == \
-            parse_bind_address(args.health_probe_bind_address):
+    metrics_bind = parse_bind_address(args.metrics_bind_address)
+    if args.metrics_secure and not args.once and metrics_bind is not None and \
+            metrics_bind[1] != 0 and metrics_bind == parse_bind_address(args.health_probe_bind_address):
         parser.error("--metrics-bind-address and --health-probe-bind-address must differ with "
                      "--metrics-secure: the probes are plain HTTP, without a token")
     if args.metrics_cert_path is not None and not args.metrics_secure:
