@@ -333,6 +333,12 @@ class KubeClient:
                 raise
             return None
 
+    async def review(self, resource: Resource, body: Mapping[str, Any]) -> Obj:
+        """POST a review (TokenReview, SubjectAccessReview) and return the answer with its
+        status. A review stores nothing, so one left without an answer is no write that may
+        still land (writes_may_still_land stays as it was)."""
+        return await self._attempts("POST", resource, None, self._url(resource), json=body)
+
 
 async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:
     lines = response.aiter_lines().__aiter__()

@@ -387,10 +387,12 @@ class LocalControlPlane:
         cert, key = self.ca.client(user, groups).write(self.workdir / "pki", stem)
         return self._client(cert, key, 30)
 
-    def grant(self, user: str, rules: list[dict[str, Any]]) -> None:
-        """Bind `user` to a ClusterRole holding exactly `rules`."""
-        self._bind_cluster_role(f"test:{user}", rules, {"apiGroup": "rbac.authorization.k8s.io",
-                                                        "kind": "User", "name": user})
+    def grant(self, user: str, rules: list[dict[str, Any]], role: str = "") -> None:
+        """Bind `user` to a ClusterRole holding exactly `rules` (`role`: one of several; a
+        grant under the same `role` replaces the last)."""
+        self._bind_cluster_role(f"test:{user}" + (f":{role}" if role else ""), rules,
+                                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                 "name": user})
 
     def _bind_cluster_role(self, name: str, rules: list[dict[str, Any]],
                            subject: dict[str, str]) -> None:

@@ -31,11 +31,30 @@ WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollectio
 T = TypeVar("T")
 
 
+def rbac_rules(name: str) -> list[dict[str, Any]]:
+    """The rules of config/rbac/<name>.yaml."""
+    rules: list[dict[str, Any]] = yaml.safe_load(
+        (REPO / "config" / "rbac" / f"{name}.yaml").read_text())["rules"]
+    return rules
+
+
 @pytest.fixture(scope="session")
 def reconciler_kubeconfig(control_plane: LocalControlPlane) -> Path:
-    role = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())
-    control_plane.grant(RECONCILER_USER, role["rules"])
+    control_plane.grant(RECONCILER_USER, rbac_rules("role"))
     return control_plane.identity_kubeconfig(RECONCILER_USER)
+
+
+def grant_metrics_auth(control_plane: LocalControlPlane, user: str = RECONCILER_USER) -> None:
+    """What secure /metrics needs besides config/rbac/role.yaml: its own ClusterRole."""
+    control_plane.grant(user, rbac_rules("metrics_auth_role"), role="metrics-auth")
+
+
+def metrics_reader_token(control_plane: LocalControlPlane, namespace: str,
+                         name: str = "prometheus") -> str:
+    """A token of the ServiceAccount `namespace`/`name`, bound to config/rbac's metrics-reader
+    (as a Prometheus's would be)."""
+    control_plane.service_account_kubeconfig(namespace, name, rbac_rules("metrics_reader_role"))
+    return control_plane.service_account_token(namespace, name)
 
 
 @pytest.fixture
