@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.e2e.conftest import metrics_reader_token
 from tests.e2e.test_helm_chart import _apply_samples, _samples_converged, samples
 from tests.e2e.test_manifests import api_path, kustomize
 from tests.image.build import image_under_test
@@ -199,8 +200,10 @@ class Container:
                                 check=False).stdout.strip()
         return state == "true"
 
-    def get(self, port_name: str, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.named_ports[port_name]}{path}", timeout=5)
+    def get(self, port_name: str, path: str, scheme: str = "http",
+            headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.get(f"{scheme}://127.0.0.1:{self.named_ports[port_name]}{path}",
+                         headers=headers, timeout=5, verify=False)
 
     def stop(self) -> tuple[int, float]:
         """SIGTERM, as the kubelet sends it, and SIGKILL after the grace period; the exit
@@ -215,9 +218,13 @@ class Container:
         self.podman.run("rm", "--force", self.name, check=False)
 
 
-def scrape_metrics(container: Container) -> str:
-    """/metrics as Prometheus would scrape it through the Service's port."""
-    response = container.get("http-metrics", "/metrics")
+def scrape_metrics(container: Container, token: str) -> str:
+    """/metrics as Prometheus would scrape it through the Service's port: over HTTPS (the
+    certificate is self-signed at start: the ServiceMonitor skips verification, as kubebuilder
+    scaffolds it) with a metrics-reader's token; without a token it is refused."""
+    assert container.get("https-metrics", "/metrics", scheme="https").status_code == 401
+    response = container.get("https-metrics", "/metrics", scheme="https",
+                             headers={"Authorization": f"Bearer {token}"})
     response.raise_for_status()
     return response.text
 
@@ -273,7 +280,7 @@ def test_the_image_runs_as_the_deployment_runs_it_with_the_in_cluster_configurat
         for kind in ("livenessProbe", "readinessProbe"):
             probe = deployed.container[kind]["httpGet"]
             assert container.get(probe["port"], probe["path"]).status_code == 200, kind
-        metrics = scrape_metrics(container)
+        metrics = scrape_metrics(container, metrics_reader_token(control_plane, namespace))
         assert 'controller_runtime_reconcile_total{controller="nimbuspolicy",result="success"}' \
             in metrics and "leader_election_master_status" in metrics
 
