@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
 import anyio
@@ -16,6 +18,7 @@ import kr8s
 
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -137,6 +140,27 @@ def _as_api_errors() -> Any:
         raise converted from error
 
 
+# Connections for short requests (LISTs, writes, Events, the Lease), besides one per stream
+# that stays open: httpx's own default pool size, which kr8s keeps.
+REQUEST_CONNECTIONS = 100
+# Open files besides the connections: the HTTP servers, their clients, logs, libraries.
+OTHER_FILES = 100
+
+
+def allow_open_files(count: int) -> None:
+    """Raise the soft limit on open files to `count` if it is lower, up to the hard limit, as Go
+    programs (client-go's users) raise it at start: a container runtime may start us with 1024
+    (containerd 2 does), and 500 namespaces are 1000 watches, a connection each."""
+    soft, hard = getrlimit(RLIMIT_NOFILE)
+    if soft == RLIM_INFINITY or soft >= count:
+        return
+    new = count if hard == RLIM_INFINITY else min(count, hard)
+    setrlimit(RLIMIT_NOFILE, (new, hard))
+    if new < count:
+        log.warning("the hard limit on open files is lower than the connections may need",
+                    extra={"limit": hard, "needed": count})
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
@@ -146,7 +170,14 @@ class KubeClient:
     one shared HTTP client and so closing every watch and request under way. A 403 is an answer
     (RBAC, an admission policy, a namespace being deleted), never a reason to re-authenticate.
     On a 401 the credentials are read again once (in a pod the kubelet rotates the token file)
-    and put on the shared client in place, and the request is tried once more."""
+    and put on the shared client in place, and the request is tried once more.
+
+    Over HTTP/1.1 every watch holds a connection of its own for as long as it runs, so the
+    connection pool is sized to the streams its users say they keep open (`expect_streams`)
+    plus REQUEST_CONNECTIONS: 200 namespaces are 400 watches, which kr8s's pool of 100 would
+    never hold, and a LIST, a write or the Lease renewal waiting for a connection behind them
+    would time out. (kube-apiserver allows 100 streams per HTTP/2 connection, and httpx's HTTP/2
+    opens one connection per server and queues the rest; see the README.)"""
 
     def __init__(self, api: Any, request_timeout: float = 30.0) -> None:
         self.api = api
@@ -155,6 +186,10 @@ class KubeClient:
         # When a write last failed without an answer (timed out, connection lost after it was
         # sent): the server may apply it up to a request timeout later.
         self._unanswered_write_at: float | None = None
+        # Requests that stay open (watches) the users of this client run at once, at most; the
+        # connection pool holds that many connections more than REQUEST_CONNECTIONS.
+        self._streams = 0
+        self._sized_session: Any = None  # the HTTP client whose pool was last sized
         # Bumped each time the credentials are read again: a request that failed with 401
         # under an older generation retries without reading them once more.
         self._credentials_generation = 0
@@ -171,6 +206,30 @@ class KubeClient:
             session = getattr(self.api, "_session", None)
             if session is not None and self.api.auth.token:
                 session.headers["Authorization"] = f"Bearer {self.api.auth.token}"
+
+    def expect_streams(self, count: int) -> None:
+        """Make room in the connection pool for `count` more requests that stay open (watches)."""
+        self._streams += count
+        self._sized_session = None
+        self._size_pool()
+        allow_open_files(REQUEST_CONNECTIONS + self._streams + OTHER_FILES)
+
+    def _size_pool(self) -> None:
+        """Size the pool of kr8s's HTTP client (again when kr8s has made a new client). httpx
+        takes its limits only when the client is made, and kr8s makes it, so its pool's
+        limit is changed in place."""
+        session = getattr(self.api, "_session", None)
+        if session is None or session is self._sized_session:
+            return
+        transports = [session._transport, *(t for t in session._mounts.values() if t)]
+        pools: list[Any] = [p for p in (getattr(t, "_pool", None) for t in transports)
+                            if hasattr(p, "_max_connections")]
+        for pool in pools:
+            pool._max_connections = REQUEST_CONNECTIONS + self._streams
+        if not pools:
+            log.warning("cannot size the HTTP client's connection pool: watches beyond its "
+                        "limit wait for a connection", extra={"streams": self._streams})
+        self._sized_session = session
 
     def writes_may_still_land(self) -> bool:
         """Whether a write that got no answer may still be applied by the server."""
@@ -189,6 +248,7 @@ class KubeClient:
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
                         url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
+        self._size_pool()
         for attempt in range(2):
             generation = self._credentials_generation
             with _as_api_errors():
@@ -228,6 +288,7 @@ class KubeClient:
         if field_selector:
             params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
+        self._size_pool()
         for attempt in range(2):
             generation = self._credentials_generation
             async with contextlib.AsyncExitStack() as stack:

@@ -81,6 +81,7 @@ class LeaderElector:
         self._expires_at: float | None = None  # local time another holder's lease runs out
         self.healthy = False  # the last attempt reached the API server
         self._stop_renewing = anyio.Event()
+        client.expect_streams(1)  # a standby's watch of the Lease
 
     @property
     def is_leader(self) -> bool:

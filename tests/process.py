@@ -5,6 +5,7 @@ removed when the context ends."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -22,12 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 class ReconcilerProcess:
     def __init__(self, kubeconfig: Path, namespace: str | None, *extra: str,
-                 env: dict[str, str] | None = None) -> None:
-        """`namespace` None: every namespace, as a cluster-wide deployment runs."""
+                 env: dict[str, str] | None = None, open_files: int | None = None) -> None:
+        """`namespace` None: every namespace, as a cluster-wide deployment runs. `open_files`:
+        start it with this soft limit on open files (the hard limit unchanged), as a container
+        runtime may (containerd 2 gives 1024)."""
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.extra = extra
         self.env = env or {}
+        self.open_files = open_files
         self.process: subprocess.Popen[bytes] | None = None
         self.probe_port = self.metrics_port = 0
         self._logs = Path(tempfile.mkdtemp(prefix="nimbus-kubearmor-reconciler-"))
@@ -54,7 +58,13 @@ class ReconcilerProcess:
                  "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
                  "--health-probe-bind-address", f"127.0.0.1:{self.probe_port}", *self.extra],
                 stdout=log, stderr=log, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                preexec_fn=None if self.open_files is None else self._limit_open_files)
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     @property
     def pid(self) -> int:
