@@ -161,6 +161,18 @@ def allow_open_files(count: int) -> None:
                     extra={"limit": hard, "needed": count})
 
 
+def may_have_landed(error: ApiError) -> bool:
+    """Whether a write that failed with `error` may all the same have been applied (or still be
+    applied) by the API server. No answer at all (a timeout, a connection lost after the request
+    was sent), and every 5xx: the API server answers 504 when its own request timeout passes
+    while the handler, and so the write to etcd, carries on; 500 when something failed after
+    etcd committed (an etcd timeout whose commit went through after all); a proxy or load
+    balancer between us answers 502, 503 or 504 when it lost or gave up on an upstream that
+    had the request. A 4xx (429 included: refused before any handler ran) is the server's
+    decision not to apply it."""
+    return error.status == 0 or error.status >= 500
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
@@ -183,9 +195,9 @@ class KubeClient:
         self.api = api
         self.request_timeout = httpx.Timeout(request_timeout)
         self.request_seconds = request_timeout
-        # When a write last failed without an answer (timed out, connection lost after it was
-        # sent): the server may apply it up to a request timeout later.
-        self._unanswered_write_at: float | None = None
+        # When a write last failed in a way that may still see it applied (may_have_landed):
+        # the server may apply it up to a request timeout later.
+        self._uncertain_write_at: float | None = None
         # Requests that stay open (watches) the users of this client run at once, at most; the
         # connection pool holds that many connections more than REQUEST_CONNECTIONS.
         self._streams = 0
@@ -232,22 +244,26 @@ class KubeClient:
         self._sized_session = session
 
     def writes_may_still_land(self) -> bool:
-        """Whether a write that got no answer may still be applied by the server."""
-        return self._unanswered_write_at is not None and \
-            time.monotonic() - self._unanswered_write_at < self.request_seconds
+        """Whether a write that failed in a way that may see it applied all the same (no answer,
+        a 5xx: may_have_landed) may still be applied by the server."""
+        return self._uncertain_write_at is not None and \
+            time.monotonic() - self._uncertain_write_at < self.request_seconds
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
         try:
             return await self._attempts(method, resource, namespace, url, **kwargs)
         except ApiError as error:
-            if error.status == 0 and method != "GET":
-                self._unanswered_write_at = time.monotonic()
+            if method != "GET" and may_have_landed(error):
+                self._uncertain_write_at = time.monotonic()
             raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
                         url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
+        # Tell the server when we give up, as client-go does: it then stops working on the
+        # request by then, so a write we gave up on cannot land much later than that.
+        kwargs["params"] = {**(kwargs.get("params") or {}), "timeout": f"{self.request_seconds:g}s"}
         self._size_pool()
         for attempt in range(2):
             generation = self._credentials_generation

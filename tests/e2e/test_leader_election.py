@@ -1,6 +1,7 @@
 """Two replicas with --leader-elect (client-go's defaults: 15 s lease, 10 s renew deadline,
 2 s retry): only the leader writes; SIGKILL of the leader hands over within the lease duration;
-SIGTERM releases the Lease and the standby takes over within 2 s."""
+SIGTERM releases the Lease and the standby takes over within 2 s; a write cancelled, or answered
+504 (it may have landed), keeps the Lease from being released early."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import writes_by
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
-from tests.faultproxy import Delay, FaultProxy, Rule
+from tests.faultproxy import Delay, FaultProxy, Lost, Rule
 from tests.process import ReconcilerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "nimbus-kubearmor-leader"
+# 6 s lease, 4 s renew deadline, 1 s retry: client-go's proportions, faster
+FAST = ("--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s",
+        "--leader-elect-retry-period", "1s")
 
 
 def replica(control_plane: LocalControlPlane, name: str, namespace: str, *args: str,
@@ -91,23 +96,26 @@ def _received(event: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
 
 
+@pytest.mark.parametrize("slow_write", [Delay(3.0, lands_anyway=True), Lost(lands_after=3.0)],
+                         ids=["cancelled", "answered-504"])
+@pytest.mark.anyio  # at collection, for the anyio plugin to parametrize its backend with these
 async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
-        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane) -> None:
-    """SIGTERM while the leader's writes are slow to land (a slow webhook or etcd: a request
-    sent is as good as applied, whether or not its client waits). The leader takes no new keys,
-    gives its reconciles the grace period, cancels the rest and, since a cancelled write may
-    still land, does not hand the Lease over early: the standby takes it when it expires."""
-    fast = ("--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s",
-            "--leader-elect-retry-period", "1s")
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        slow_write: Delay | Lost) -> None:
+    """SIGTERM while the leader's writes are slow to land (a request sent is as good as applied,
+    whatever its client hears): a slow webhook or etcd, so the leader cancels what is still
+    under way after the grace period; or a gateway that answers 504 at once and passes the
+    request on all the same. The leader takes no new keys, gives its reconciles the grace
+    period, cancels the rest and, since a cancelled write or one answered 5xx may still land,
+    does not hand the Lease over early: the standby takes it when it expires."""
     with FaultProxy.for_control_plane(control_plane, as_user="slow-a") as proxy, \
-            replica(control_plane, "slow-a", namespace, *fast, server=proxy.url) as a, \
-            replica(control_plane, "slow-b", namespace, *fast) as b:
+            replica(control_plane, "slow-a", namespace, *FAST, server=proxy.url) as a, \
+            replica(control_plane, "slow-b", namespace, *FAST) as b:
         a.start()
         wait_for(lambda: holder(control_plane, namespace) == "slow-a", 30, "a to lead")
         b.start()
         wait_for(b.ready, 30, "the standby to be ready")
-        slow = proxy.add(Rule(Delay(3.0, lands_anyway=True), kind="write", method="POST",
-                              path="/kubearmorpolicies"))
+        slow = proxy.add(Rule(slow_write, kind="write", method="POST", path="/kubearmorpolicies"))
         mark = len(control_plane.audit_events())
         await create_nimbus_policy(api, namespace, "slow", [rule("escapeToHost")])
         wait_for(lambda: slow.hits >= 1, 30, "a's first create to be on its way")
@@ -122,7 +130,7 @@ async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
         old = writes_by(control_plane, "slow-a", mark)
         new = writes_by(control_plane, "slow-b", mark)
         last_old, first_new = max(map(_received, old)), min(map(_received, new))
-        print(f"{slow.hits} slow creates; the old leader's last write "
+        print(f"{slow.hits} slow creates ({slow_write.name}); the old leader's last write "
               f"{(first_new - last_old).total_seconds():.2f}s before the new leader's first")
         assert last_old < first_new, [(e["verb"], e["objectRef"].get("resource"),
                                        e["requestReceivedTimestamp"]) for e in old]
