@@ -8,9 +8,10 @@ renews every retryPeriod and gives up (the process exits) if it could not renew 
 renewDeadline, counted from when its last successful renewal was *sent*: the others count the
 lease from when they see that renewal, which is later, so a slow answer cannot stretch our
 belief past theirs (client-go counts from when the answer came). A leader that finds another
-holder in the Lease steps down at once, as client-go's renewal fails then. On shutdown the leader
-releases the Lease. Beyond client-go, a standby also watches the Lease, so a released Lease is
-taken within a request's time rather than at the next jittered retry.
+holder in the Lease steps down at once (client-go's IsLeader() turns false on that read, but its
+renewal loop tries again until the renew deadline, and its callers go on meanwhile). On shutdown
+the leader releases the Lease. Beyond client-go, a standby also watches the Lease, so a released
+Lease is taken within a request's time rather than at the next jittered retry.
 """
 
 from __future__ import annotations
