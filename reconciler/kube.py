@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ import kr8s
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 from .tokenfile import TokenFile
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -151,6 +154,39 @@ def service_account_token(auth: Any) -> Path | None:
     return None
 
 
+# Connections for short requests (LISTs, writes, Events, the Lease), besides one per stream
+# that stays open: httpx's own default pool size, which kr8s keeps.
+REQUEST_CONNECTIONS = 100
+# Open files besides the connections: the HTTP servers, their clients, logs, libraries.
+OTHER_FILES = 100
+
+
+def allow_open_files(count: int) -> None:
+    """Raise the soft limit on open files to `count` if it is lower, up to the hard limit, as Go
+    programs (client-go's users) raise it at start: a container runtime may start us with 1024
+    (containerd 2 does), and 500 namespaces are 1000 watches, a connection each."""
+    soft, hard = getrlimit(RLIMIT_NOFILE)
+    if soft == RLIM_INFINITY or soft >= count:
+        return
+    new = count if hard == RLIM_INFINITY else min(count, hard)
+    setrlimit(RLIMIT_NOFILE, (new, hard))
+    if new < count:
+        log.warning("the hard limit on open files is lower than the connections may need",
+                    extra={"limit": hard, "needed": count})
+
+
+def may_have_landed(error: ApiError) -> bool:
+    """Whether a write that failed with `error` may all the same have been applied (or still be
+    applied) by the API server. No answer at all (a timeout, a connection lost after the request
+    was sent), and every 5xx: the API server answers 504 when its own request timeout passes
+    while the handler, and so the write to etcd, carries on; 500 when something failed after
+    etcd committed (an etcd timeout whose commit went through after all); a proxy or load
+    balancer between us answers 502, 503 or 504 when it lost or gave up on an upstream that
+    had the request. A 4xx (429 included: refused before any handler ran) is the server's
+    decision not to apply it."""
+    return error.status == 0 or error.status >= 500
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
@@ -162,6 +198,13 @@ class KubeClient:
     On a 401 the credentials are read again once (in a pod the kubelet rotates the token file)
     and put on the shared client in place, and the request is tried once more.
 
+    Over HTTP/1.1 every watch holds a connection of its own for as long as it runs, so the
+    connection pool is sized to the streams its users say they keep open (`expect_streams`)
+    plus REQUEST_CONNECTIONS: 200 namespaces are 400 watches, which kr8s's pool of 100 would
+    never hold, and a LIST, a write or the Lease renewal waiting for a connection behind them
+    would time out. (kube-apiserver allows 100 streams per HTTP/2 connection, and httpx's HTTP/2
+    opens one connection per server and queues the rest; see the README.)
+
     In a pod (`token_file`: the mounted service-account token) the token is also read again about
     every minute, as client-go does, so a rotated token is in use long before the old one expires
     or is revoked: no request is refused for it, no watch broken."""
@@ -172,9 +215,13 @@ class KubeClient:
         self.request_timeout = httpx.Timeout(request_timeout)
         self.request_seconds = request_timeout
         self.token_file = token_file
-        # When a write last failed without an answer (timed out, connection lost after it was
-        # sent): the server may apply it up to a request timeout later.
-        self._unanswered_write_at: float | None = None
+        # When a write last failed in a way that may still see it applied (may_have_landed):
+        # the server may apply it up to a request timeout later.
+        self._uncertain_write_at: float | None = None
+        # Requests that stay open (watches) the users of this client run at once, at most; the
+        # connection pool holds that many connections more than REQUEST_CONNECTIONS.
+        self._streams = 0
+        self._sized_session: Any = None  # the HTTP client whose pool was last sized
         # The token on the shared client's headers (kr8s put the one it read there).
         self._token_in_use: str | None = api.auth.token
         # Bumped each time the credentials are read again after a 401, and each time a token
@@ -216,23 +263,52 @@ class KubeClient:
             session.headers["Authorization"] = f"Bearer {token}"
         self._token_in_use = token
 
+    def expect_streams(self, count: int) -> None:
+        """Make room in the connection pool for `count` more requests that stay open (watches)."""
+        self._streams += count
+        self._sized_session = None
+        self._size_pool()
+        allow_open_files(REQUEST_CONNECTIONS + self._streams + OTHER_FILES)
+
+    def _size_pool(self) -> None:
+        """Size the pool of kr8s's HTTP client (again when kr8s has made a new client). httpx
+        takes its limits only when the client is made, and kr8s makes it, so its pool's
+        limit is changed in place."""
+        session = getattr(self.api, "_session", None)
+        if session is None or session is self._sized_session:
+            return
+        transports = [session._transport, *(t for t in session._mounts.values() if t)]
+        pools: list[Any] = [p for p in (getattr(t, "_pool", None) for t in transports)
+                            if hasattr(p, "_max_connections")]
+        for pool in pools:
+            pool._max_connections = REQUEST_CONNECTIONS + self._streams
+        if not pools:
+            log.warning("cannot size the HTTP client's connection pool: watches beyond its "
+                        "limit wait for a connection", extra={"streams": self._streams})
+        self._sized_session = session
+
     def writes_may_still_land(self) -> bool:
-        """Whether a write that got no answer may still be applied by the server."""
-        return self._unanswered_write_at is not None and \
-            time.monotonic() - self._unanswered_write_at < self.request_seconds
+        """Whether a write that failed in a way that may see it applied all the same (no answer,
+        a 5xx: may_have_landed) may still be applied by the server."""
+        return self._uncertain_write_at is not None and \
+            time.monotonic() - self._uncertain_write_at < self.request_seconds
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
         try:
             return await self._attempts(method, resource, namespace, url, **kwargs)
         except ApiError as error:
-            if error.status == 0 and method != "GET":
-                self._unanswered_write_at = time.monotonic()
+            if method != "GET" and may_have_landed(error):
+                self._uncertain_write_at = time.monotonic()
             raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
                         url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
+        # Tell the server when we give up, as client-go does: it then stops working on the
+        # request by then, so a write we gave up on cannot land much later than that.
+        kwargs["params"] = {**(kwargs.get("params") or {}), "timeout": f"{self.request_seconds:g}s"}
+        self._size_pool()
         for attempt in range(2):
             generation = self._credentials()
             with _as_api_errors():
@@ -272,6 +348,7 @@ class KubeClient:
         if field_selector:
             params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
+        self._size_pool()
         for attempt in range(2):
             generation = self._credentials()
             async with contextlib.AsyncExitStack() as stack:

@@ -78,6 +78,8 @@ class Manager:
     def readiness(self) -> list[str]:
         """Why this process is not ready; empty when it is. A standby is ready when it can
         reach the API server."""
+        if self.leadership_lost:
+            return ["leader election lost: stopping"]
         if self.controller is None:
             return ["connecting to the API server"]
         if self.elector is not None and not self.elector.is_leader:

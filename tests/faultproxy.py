@@ -36,6 +36,9 @@ Answers (the `answer` of a Rule):
   Stall()                         hold the request until `release()` (then forward) or until the
                                   client gives up
   Delay(seconds)                  wait, then forward
+  SlowAnswer(seconds)             forward at once, pass the answer on `seconds` later
+  Lost(status, lands_after)       the request lands, the client gets `status` (504) instead of
+                                  the API server's answer (a gateway that gave up upstream)
   CloseWatch(after_events=N)      N=0: 200 with an empty watch body, upstream never asked;
                                   N>0: forward, end the body cleanly after N events
   ErrorEvent(Status(410), after_events=N)
@@ -217,6 +220,28 @@ class Delay:
 
 
 @attrs.frozen
+class SlowAnswer:
+    """Forward at once (the API server applies the request at once), and pass its answer on
+    only `seconds` later: the client learns late what has long been done."""
+
+    seconds: float
+    name = "slow-answer"
+
+
+@attrs.frozen
+class Lost:
+    """The API server's answer is lost on its way back, as when a gateway or load balancer gives
+    up on its upstream: the client is answered `status` (504 by default) and the request is
+    applied all the same. `lands_after=None`: forwarded first, and `status` answered once the
+    API server has answered (so it has been applied); a number of seconds: `status` answered at
+    once, and the request forwarded that much later, whatever its client does meanwhile."""
+
+    status: Status = Status(504, message="Gateway Timeout (injected by the fault proxy)")
+    lands_after: float | None = None
+    name = "lost"
+
+
+@attrs.frozen
 class CloseWatch:
     """End the response body cleanly: at once without asking upstream (after_events=0), or
     after forwarding `after_events` events."""
@@ -235,7 +260,8 @@ class ErrorEvent:
     name = "error-event"
 
 
-Answer = Forward | Status | Reset | ResetAfter | Stall | Delay | CloseWatch | ErrorEvent
+Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | SlowAnswer | Lost | CloseWatch
+          | ErrorEvent)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -582,6 +608,10 @@ class FaultProxy:
                 return await self._forward(request, answer, exchange, delay=answer.seconds)
             case Delay():
                 await asyncio.sleep(answer.seconds)
+            case SlowAnswer():
+                return await self._forward(request, answer, exchange, hold=answer.seconds)
+            case Lost():
+                return await self._lose_answer(request, answer, exchange)
             case CloseWatch(after_events=0) | ErrorEvent(after_events=0):
                 return await self._empty_watch(request, answer, exchange)
         return await self._forward(request, answer, exchange)
@@ -603,9 +633,38 @@ class FaultProxy:
         await response.write_eof()
         return response
 
+    async def _lose_answer(self, request: web.BaseRequest, answer: Lost,
+                           exchange: Exchange) -> web.StreamResponse:
+        """Forward the request (at once or `lands_after` seconds later), whatever its client
+        does, read and drop the API server's answer, and answer `answer.status` instead."""
+        session = self._session
+        assert session is not None
+        body = await request.content.read()
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
+        url = URL(self.upstream + request.raw_path, encoded=True)
+
+        async def send() -> aiohttp.ClientResponse:
+            await asyncio.sleep(answer.lands_after or 0)
+            self._update(exchange, forwarded=True)
+            upstream = await session.request(request.method, url, headers=headers,
+                                             data=body if body else None, allow_redirects=False)
+            await upstream.read()
+            return upstream
+
+        sending = asyncio.ensure_future(send())
+        self._landing.add(sending)
+        sending.add_done_callback(self._landed)
+        if answer.lands_after is None:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await asyncio.shield(sending)
+        return self._status_response(answer.status, exchange)
+
     async def _forward(self, request: web.BaseRequest, answer: Answer,
-                       exchange: Exchange, delay: float | None = None) -> web.StreamResponse:
-        """`delay`: send upstream after this long, whether or not the client is still there."""
+                       exchange: Exchange, delay: float | None = None,
+                       hold: float | None = None) -> web.StreamResponse:
+        """`delay`: send upstream after this long, whether or not the client is still there;
+        `hold`: pass the API server's answer on this long after it came."""
         session = self._session
         assert session is not None
         body = await request.content.read()  # all of it: no client_max_size for the proxy
@@ -636,6 +695,8 @@ class FaultProxy:
         except (aiohttp.ClientError, OSError):
             return await self._reset(request, web.StreamResponse(), exchange)
         try:
+            if hold is not None:
+                await asyncio.sleep(hold)
             return await self._relay(request, upstream, answer, exchange)
         finally:
             # Closed, not returned to the pool, unless read to the end: an upstream watch must

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +64,23 @@ def namespace(control_plane: LocalControlPlane) -> Iterator[str]:
     with control_plane.client() as client:
         client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
     yield name
+
+
+MANY_NAMESPACES = 200
+
+
+@pytest.fixture(scope="session")
+def many_namespaces(control_plane: LocalControlPlane) -> list[str]:
+    """200 namespaces (`many-000` ... `many-199`), made once for the whole session by 16
+    requests at a time (about a second), shared by the tests of that shape: they create what
+    they need in them under names of their own."""
+    names = [f"many-{i:03d}" for i in range(MANY_NAMESPACES)]
+    with control_plane.client() as client, ThreadPoolExecutor(16) as pool:
+        def create(name: str) -> None:
+            response = client.post("/api/v1/namespaces", json={"metadata": {"name": name}})
+            assert response.status_code in (201, 409), response.text
+        list(pool.map(create, names))
+    return names
 
 
 @pytest.fixture
