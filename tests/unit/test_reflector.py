@@ -167,3 +167,17 @@ async def test_an_event_older_than_our_delete_does_not_bring_the_policy_back() -
     reflector._apply({"type": "DELETED", "object": ksp("p", "u", 7)})
     assert controller.kubearmor_policies.get("ns/p") is None
 
+
+async def test_an_expired_continue_token_pages_through_a_new_list_from_the_start() -> None:
+    """A relist whose continue token expired (etcd compacted the snapshot it paged through)
+    lists again page by page, never in one request, and keeps nothing only the expired
+    snapshot named."""
+    client = Lists(100, [ksp("a", "a", 90), ksp("gone", "g", 95), ksp("b", "b", 96)])
+    client.expire = 1
+    client.on_continue = [(120, [ksp("a", "a", 90), ksp("b", "b", 96), ksp("c", "c", 110),
+                                 ksp("d", "d", 111)])]
+    store: Store[CachedPolicy] = Store()
+    reflector = policies_reflector(client, store)
+    assert await reflector.list_once() == "120"
+    assert client.requests == [(2, None), (2, "2"), (2, None), (2, "2")]
+    assert sorted(store.keys_in("ns")) == ["ns/a", "ns/b", "ns/c", "ns/d"]
