@@ -220,6 +220,8 @@ class Store(Generic[V]):
         if version is None or version <= self._progress.get(scope, -1):
             return
         self._progress[scope] = version
+        if not self._burials:
+            return
         for namespace in ([scope] if scope is not None else list(self._burials)):
             burials = self._burials.get(namespace)
             if burials is None:

@@ -228,6 +228,6 @@ class CacheMachine(RuleBasedStateMachine):
                 f"{key}: cached {self._cached(key)}, the server has {self.server.state(key)}")
 
 
-CacheMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=25,
+CacheMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=20,
                                           deadline=None)
 test_the_cache_under_every_ordering = CacheMachine.TestCase
