@@ -206,7 +206,8 @@ class Reflector(Generic[V]):
                     # The snapshot being paged through was compacted away: page through a
                     # new one from the start (client-go's pager lists everything in one
                     # request instead: 46 MB and ~300 MB parsed at 25,000 policies). Once per
-                    # LIST; a second expiry is the run loop's 410 (a relist, after a backoff).
+                    # LIST: a second expiry fails it, and the run loop relists as after any 410
+                    # (after a backoff if within a second of the last), never in a hot loop.
                     log.info("list continuation expired, listing again from the first page",
                              extra={"resource": self._label, "scope": self.scope})
                     named, continue_token, expired = self._naming(), None, True

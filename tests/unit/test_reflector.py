@@ -181,3 +181,15 @@ async def test_an_expired_continue_token_pages_through_a_new_list_from_the_start
     assert await reflector.list_once() == "120"
     assert client.requests == [(2, None), (2, "2"), (2, None), (2, "2")]
     assert sorted(store.keys_in("ns")) == ["ns/a", "ns/b", "ns/c", "ns/d"]
+
+
+async def test_a_second_expired_continue_token_fails_the_list() -> None:
+    """Once per LIST: a server that expires every continue token gets the run loop's relist
+    (after a backoff when 410s come in a row), not a hot loop of first pages."""
+    client = Lists(100, [ksp("a", "a", 90), ksp("b", "b", 95), ksp("c", "c", 96)])
+    client.expire = 2
+    reflector = policies_reflector(client, Store())
+    with pytest.raises(ApiError) as failure:
+        await reflector.list_once()
+    assert failure.value.gone
+    assert client.requests == [(2, None), (2, "2"), (2, None), (2, "2")]
