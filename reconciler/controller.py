@@ -367,17 +367,10 @@ class Controller:
                                                  if name in existing], outcome)
 
     def _remember(self, store: Store[Any], written: Any) -> None:
-        """Put the answer to our own write into the cache, so the next reconcile does not act on
-        the version before it; but only while the watch has not got that far. Once it has, the
-        cache already holds what came after (perhaps the object's deletion: a late answer must
-        not bring a deleted object back, where no watch event would ever remove it again)."""
-        reflector = self._reflector_of(store, written.namespace)
-        if reflector is None or not reflector.has_seen(written.resource_version):
-            store.upsert(written)
-
-    def _reflector_of(self, store: Store[Any], namespace: str) -> Reflector[Any] | None:
-        return next((r for r in self.reflectors if r.store is store
-                     and r.namespace in (None, namespace)), None)
+        """Tell the cache the answer to our own write, so the next reconcile does not act on
+        the version before it. The store decides whether it is news: a late answer older than
+        what the watch has brought since (another change, the object's deletion) is not."""
+        store.upsert(written)
 
     def _failed(self, verb: str, resource: str, error: ApiError, outcome: Outcome) -> None:
         self.metrics.write_errors.labels(verb, str(error.status)).inc()
@@ -446,10 +439,14 @@ class Controller:
                 return
             self._wrote("delete", "kubearmorpolicies")
             if answer is not None and answer.get("kind") == KUBEARMOR_POLICIES.kind:
-                # a finalizer holds it: it is still there, being deleted
+                # a finalizer holds it: it is still there, being deleted (the answer is the
+                # object with its deletionTimestamp, at the version of that update)
                 self._remember(self.kubearmor_policies, CachedPolicy.from_json(answer))
-            elif self.kubearmor_policies.delete(policy.key, uid=policy.uid) is not None:
-                # the watch's DELETED finds nothing left to report: say it here
+            elif self.kubearmor_policies.delete(policy.key, policy.uid) is not None:
+                # Gone (a Status, or 404: already gone), at a version the answer does not say;
+                # the store keeps a tombstone until the watch's DELETED event says it, so an
+                # older event still on its way cannot bring the policy back. That event finds
+                # nothing left to report: say it here.
                 self.on_kubearmor_policy(Change.DELETED, policy, None, False)
         outcome.deleted.append(policy.name)
 

@@ -11,6 +11,9 @@
 - create / drift latency: NimbusPolicy created -> its 5 policies exist, and a policy edited by
   hand -> reverted, seen through a watch, while 20 NimbusPolicy changes a second churn.
 - rss_mb: the reconciler process's resident memory after convergence.
+- memory run (BENCH_MEMORY_SCALE): resident memory after convergence; its peak during a full
+  relist (etcd compacted, every watch gets 410), and during the same relist when the policies'
+  LIST has its continue token expire halfway (through the fault proxy; the LIST pages again).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import kr8s.asyncio
 import yaml
 
 from reconciler.builder import desired_policies
+from reconciler.controller import ControllerConfig
 from reconciler.kube import KUBEARMOR_POLICIES, MERGE_PATCH, NIMBUS_POLICIES, KubeClient
 from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.assets import build
 from tests.controlplane.launcher import LocalControlPlane
+from tests.faultproxy import FaultProxy, Rule, Status
 from tests.process import ReconcilerProcess
 from tests.waiting import eventually
 
@@ -44,6 +49,7 @@ RULES = [{"id": i, "rule": {"action": "Block"}}
 POLICIES_PER_NP = 5
 GROUP = "/apis/intent.security.nimbus.com/v1alpha1"
 WORKERS = 4
+PAGE_SIZE = ControllerConfig().page_size
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,6 +205,29 @@ class Bench:
                          , 120, "ready again", interval=0.2)
         return {"relist_s": time.perf_counter() - started, "rss_before_relist_mb": steady,
                 "relist_peak_rss_mb": self.rss_mb("VmHWM"), "rss_after_relist_mb": self.rss_mb()}
+
+    async def expired_continue_relist(self, proxy: FaultProxy) -> dict[str, float]:
+        """The same forced relist, with the reconciler talking to the API server through the
+        fault proxy, which answers the continue token of the policies' LIST halfway through
+        with 410 Expired (as the API server does once etcd has compacted the snapshot being
+        paged through): that LIST starts again from its first page. The peak resident memory
+        while it does, against the steady memory before."""
+        pages = -(-self.scale * POLICIES_PER_NP // PAGE_SIZE)
+        expired = Rule(Status(410, reason="Expired", message="The provided continue parameter "
+                              "is too old to display a consistent list result."),
+                       kind="list", path="/kubearmorpolicies", when=_continued,
+                       after=(pages - 1) // 2, times=1)
+        proxy.add(expired)
+        mark = len(proxy.requests(kind="list", path="/kubearmorpolicies"))
+        figures = await self.forced_relist()
+        if expired.hits != 1:
+            raise RuntimeError(f"the continue token was refused {expired.hits} times, not once")
+        lists = proxy.requests(kind="list", path="/kubearmorpolicies")[mark:]
+        if not all("limit=" in e.query for e in lists):
+            raise RuntimeError("a LIST without a limit after the continue token expired")
+        return {"expired_continue_" + k if k.startswith("relist") else
+                k.replace("relist", "expired_continue_relist"): v for k, v in figures.items()} | {
+            "expired_continue_list_requests": len(lists)}
 
     def writes_since(self, mark: int) -> tuple[int, int]:
         events = [e for e in self.cp.audit_events()[mark:] if e["user"].get("username") == USER]
@@ -375,8 +404,27 @@ async def measure_memory(cp: LocalControlPlane, scale: int) -> dict[str, float]:
     results |= {f"{k}_{scale}" if not k.startswith("relist_peak") else k: v
                 for k, v in (await bench.forced_relist()).items()}
     bench.stop_reconciler()
+
+    if scale * POLICIES_PER_NP <= PAGE_SIZE:
+        print("   (one page of policies: no continue token to expire)", flush=True)
+        await bench.api.aclose()
+        return results
+    print("   the same, its continue token expiring halfway (through the fault proxy)", flush=True)
+    with FaultProxy.for_control_plane(cp, as_user=USER) as proxy:
+        bench.kubeconfig = cp.identity_kubeconfig(USER, server=proxy.url)
+        bench.start_reconciler("memory")
+        await eventually(lambda: _more(bench, scale), 300, "the reconciles after a restart",
+                         interval=0.5)
+        await asyncio.sleep(1)  # let the last watch events settle before measuring memory
+        results |= {f"{k}_{scale}" if "peak" not in k and "requests" not in k else k: v
+                    for k, v in (await bench.expired_continue_relist(proxy)).items()}
+        bench.stop_reconciler()
     await bench.api.aclose()
     return results
+
+
+def _continued(request: Any) -> bool:
+    return "continue" in request.query
 
 
 async def _more(bench: Bench, n: float) -> bool:
