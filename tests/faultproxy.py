@@ -45,6 +45,8 @@ Answers (the `answer` of a Rule):
                                   N forwarded events (N=0: upstream never asked)
   LoseAnswer(then=f)              forward, read the whole answer, call f(exchange) (e.g. SIGKILL
                                   the client), then reset: the write landed, its answer is lost
+  LateAnswer(gate)                forward at once, pass the answer on once gate.release(): a
+                                  LIST served now and delivered late
   Steer(decide=f, query=g)        forward with the query rewritten by g(params) (e.g. an older
                                   resourceVersion); for a watch, f(exchange, WatchEvent) decides
                                   each event: Pass(), Hold(gate) (late: the stream waits, in
@@ -270,6 +272,15 @@ class LoseAnswer:
     name = "lose-answer"
 
 
+@attrs.frozen
+class LateAnswer:
+    """Forward at once, read the API server's whole answer, and pass it on only once `gate` is
+    released: served now, delivered late (not for watches)."""
+
+    gate: Gate
+    name = "late-answer"
+
+
 # What a Steer's `decide` says about one watch event.
 @attrs.frozen
 class Pass:
@@ -342,7 +353,7 @@ class Steer:
 
 
 Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | CloseWatch | ErrorEvent
-          | LoseAnswer | Steer)
+          | LoseAnswer | LateAnswer | Steer)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -806,6 +817,8 @@ class FaultProxy:
         try:
             if isinstance(answer, LoseAnswer):
                 return await self._lose(request, upstream, answer, exchange)
+            if isinstance(answer, LateAnswer):
+                return await self._late(upstream, answer, exchange)
             if isinstance(answer, Steer) and answer.decide is not None and \
                     exchange.kind == "watch" and upstream.status == 200:
                 return await self._relay_steered(request, upstream, answer, exchange)
@@ -878,6 +891,19 @@ class FaultProxy:
         if answer.then is not None:
             answer.then(exchange)
         return await self._reset(request, web.StreamResponse(), exchange)
+
+    async def _late(self, upstream: aiohttp.ClientResponse, answer: LateAnswer,
+                    exchange: Exchange) -> web.StreamResponse:
+        """The API server's answer, read whole now and passed on once the gate opens."""
+        content = await upstream.read()
+        self._update(exchange, status=upstream.status)
+        if self.record:
+            self._record_body(exchange, content)
+        await answer.gate.wait()
+        headers = CIMultiDict((k, v) for k, v in upstream.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
+        return web.Response(body=content, status=upstream.status, reason=upstream.reason,
+                            headers=headers)
 
     async def _relay_steered(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
                              answer: Steer, exchange: Exchange) -> web.StreamResponse:

@@ -35,6 +35,7 @@ from tests.faultproxy import (
     FaultProxy,
     Gate,
     Hold,
+    LateAnswer,
     LoseAnswer,
     Pass,
     Reset,
@@ -331,6 +332,24 @@ def test_lose_answer_lands_the_write_and_resets(control_plane: LocalControlPlane
     assert exchange.forwarded and exchange.reset and exchange.status == 201
     with control_plane.client() as admin:
         assert admin.get(f"{configmaps(namespace)}/landed").status_code == 200
+
+
+async def test_late_answer_is_served_at_once_and_delivered_late(
+        control_plane: LocalControlPlane, proxy: FaultProxy, tester: Path, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "before")
+    gate = Gate()
+    late = proxy.add(Rule(LateAnswer(gate), kind="list", times=1))
+    async with async_client_from(tester) as client:
+        listing = asyncio.ensure_future(client.get(configmaps(namespace)))
+        await eventually(lambda: [e for e in proxy.requests(rule=late) if e.status == 200], 5,
+                         "the API server to answer the LIST")
+        create_configmaps(control_plane, namespace, "after")
+        done, _ = await asyncio.wait({listing}, timeout=0.3)
+        assert not done, "the answer was passed on before the gate opened"
+        gate.release()
+        listed = await asyncio.wait_for(listing, 5)
+    # served before "after" was created, delivered after
+    assert [i["metadata"]["name"] for i in listed.json()["items"]] == ["before"]
 
 
 def test_where_matches_writes_by_their_body(proxy: FaultProxy, via_proxy: httpx.Client,
