@@ -4,12 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SIEVE_ARGS ?=
 IMG ?= ghcr.io/nimbus-kubearmor/reconciler
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak sieve lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +69,9 @@ lock: $(UV) ## Update uv.lock after a change to pyproject.toml (LOCK_ARGS=--upgr
 
 soak: controlplane ## A long seeded randomized soak on its own control plane (SOAK_STEPS, SOAK_ARGS=--seed N)
 	$(PY) -m tests.soak $(SOAK_ARGS)
+
+sieve: controlplane ## Every perturbation point of the reference workload, after Sieve, on its own control plane (SIEVE_ARGS="--point P", --kind K)
+	$(PY) -m tests.sieve $(SIEVE_ARGS)
 
 bench: controlplane ## Benchmarks: print figures, write tests/bench/results.json (BENCH_SCALE, BENCH_ARGS=--quick)
 	$(PY) -m tests.bench $(BENCH_ARGS)
