@@ -45,7 +45,7 @@ from tests.sieve.workload import Workload
 @attrs.frozen
 class Settings:
     step_timeout: float = 20.0  # for each step to be as the builder says
-    stuck_after: float = 3.0  # in-loop: idle this long while the cluster is wrong is a failure
+    stuck_after: float = 5.0  # in-loop: idle this long while the cluster is wrong is a failure
     final_timeout: float = 15.0  # for the end state to equal the reference's
     quiet: float = 2.0  # seconds without a write at the end
     hold_limit: float = 3.0  # the longest a perturbation holds anything
