@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -25,6 +26,12 @@ from tests.sieve.run import Outcome, Reference, Settings, run
 from tests.soak import grant
 
 USER = "nimbus-kubearmor-sieve"
+
+
+def symptom(problem: str) -> str:
+    """A problem without what differs between points (names, uids, steps, numbers)."""
+    problem = re.sub(r"\(uid [^)]*\)|after ('[^']*'|\"[^\"]*\")", "…", problem)
+    return re.sub(r"np-[a-z0-9-]+|\d+(\.\d+)?", "…", problem)
 
 
 def load() -> str:
@@ -77,10 +84,12 @@ async def sieve(cp: LocalControlPlane, args: argparse.Namespace) -> int:
     failed = [(p, o) for p, o in outcomes if not o.passed]
     if failed:
         print("\nfailing points:")
-        symptoms = Counter(o.problems[0][:100] for _, o in failed)
         for point, outcome in failed:
             print(f"  {describe(point)}\n    {outcome.problems[0]}")
-        print(f"\n{len(symptoms)} distinct first symptoms")
+        print("\nfailing points by symptom:")
+        symptoms = Counter(symptom(o.problems[0]) for _, o in failed)
+        for text, count in symptoms.most_common():
+            print(f"  {count:>4}  {text}")
     return 1 if failed else 0
 
 

@@ -228,6 +228,7 @@ async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy,
     steps: list[tuple[str, float]] = [("setup", time.monotonic())]
     problems: list[str] = []
     end: EndState | None = None
+    finished = False  # every step settled: its writes compare with the reference's
     await workload.setup()
     if perturbing is not None:
         perturbing.install()
@@ -290,6 +291,7 @@ async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy,
         cluster = await Cluster.read(api, namespace)
         problems += [f"not as the builder says: {d}" for d in cluster.differences()]
         problems += cluster.touched(workload.users)
+        finished = True
     except Unsettled as failure:
         problems.append(str(failure))
     finally:
@@ -304,7 +306,7 @@ async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy,
     problems += deleted_twice(proxy.requests(kind="write"))
     problems += reconciler.failures()
     notes = list(perturbing.notes if perturbing else ())
-    if reference is not None:
+    if reference is not None and finished:
         notes += _writes_compared(proxy, reference.trace)
     outcome = Outcome(name, reconciler.mode, perturbing is None or perturbing.reached,
                       tuple(problems), tuple(notes),
