@@ -94,8 +94,9 @@ class Perturbation:
         """Runs beside the workload; cancelled when the run ends."""
 
     def busy(self) -> bool:
-        """Whether it holds something now (the reconciler is not idle of its own accord)."""
-        return any(not gate.released for gate in self._gates)
+        """Whether it holds something now (the reconciler is not idle of its own accord).
+        Every kind's holds start at its point."""
+        return self.reached and any(not gate.released for gate in self._gates)
 
     def finish(self) -> None:
         """Release whatever it still holds."""
@@ -135,10 +136,6 @@ class Perturbation:
             return Pass()
         return self.context.proxy.add(Rule(Steer(decide=steer, query=query), kind="watch",
                                            path=f"/{self.resource}"))
-
-    def _relisted_since(self, since: float) -> list[Exchange]:
-        return [e for e in self.context.proxy.requests(kind="list", path=f"/{self.resource}")
-                if e.at > since]
 
     async def _read(self) -> dict[str, Any] | None:
         """The point's object as the API server has it now (None: there is none)."""
