@@ -7,10 +7,14 @@ BENCH_ARGS ?=
 SIEVE_ARGS ?=
 IMG ?= ghcr.io/nimbus-kubearmor/reconciler
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-CONTAINER_TOOL ?= docker
+# docker when it reaches an engine, else podman (which needs none)
+CONTAINER_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+# Both stages' base: `debian` is made from Debian's archive (no registry needed, tests/image/base.py);
+# python:3.11-slim is the Dockerfile's own, from the registry.
+BASE_IMAGE ?= debian
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak sieve lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak sieve lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,13 +51,19 @@ prometheus: ## Install Debian's prometheus package (prometheus, promtool) if mis
 	  echo ">> installing Debian's prometheus package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
-test: controlplane tools prometheus ## Run every test: unit, and end-to-end on a throwaway local control plane
+container-tools: ## Install Debian's podman, mmdebstrap and runc if missing: tests build and run the image
+	@{ command -v podman && command -v mmdebstrap && command -v runc; } >/dev/null || { \
+	  echo ">> installing Debian's podman, mmdebstrap and runc"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    podman mmdebstrap runc; }
+
+test: controlplane tools prometheus container-tools ## Run every test: unit, and end-to-end on a throwaway local control plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv prometheus ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane tools prometheus ## Run the end-to-end tests only
+e2e: controlplane tools prometheus container-tools ## Run the end-to-end tests only
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only
@@ -88,8 +98,8 @@ render: venv ## Print the KubeArmorPolicies for FILE (make render FILE=config/sa
 crds: venv ## Regenerate config/crd/bases from config/crd/generate.py
 	$(PY) config/crd/generate.py
 
-image: ## Build the container image (IMG, TAG, CONTAINER_TOOL)
-	$(CONTAINER_TOOL) build -t $(IMG):$(TAG) .
+image: venv ## Build the container image as the tests do (IMG, TAG, CONTAINER_TOOL, BASE_IMAGE)
+	$(PY) -m tests.image --tool $(CONTAINER_TOOL) --base $(BASE_IMAGE) --tag $(IMG):$(TAG)
 
 push-image: ## Push the container image (IMG, TAG, CONTAINER_TOOL)
 	$(CONTAINER_TOOL) push $(IMG):$(TAG)

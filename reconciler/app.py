@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import anyio
@@ -12,12 +13,16 @@ import attrs
 import kr8s.asyncio
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 
+from .clock import Clock, MonotonicClock
 from .controller import Controller, ControllerConfig, Outcome, summary_counts
-from .kube import KubeClient
+from .kube import KubeClient, service_account_token
 from .leaderelection import LeaderElectionConfig
 from .logs import escape_control
 from .manager import Manager
 from .metrics import Metrics
+from .server import parse_bind_address
+from .servingcerts import CertificateError, ServingCertificate
+from .tokenfile import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,12 @@ log = logging.getLogger(__name__)
 class RunOptions:
     controller: ControllerConfig
     kubeconfig: str | None = None
-    metrics_bind_address: str = ":8080"
+    metrics_bind_address: str = ":8443"
+    # HTTPS with TokenReview + SubjectAccessReview (delegatedauth.py); False: plain HTTP
+    metrics_secure: bool = True
+    metrics_cert_path: str | None = None  # a directory; None: a self-signed certificate
+    metrics_cert_name: str = "tls.crt"
+    metrics_cert_key: str = "tls.key"
     health_probe_bind_address: str = ":8081"
     leader_election: LeaderElectionConfig | None = None  # None: no election, always reconcile
     shutdown_grace: float = 4.0  # reconciles under way get this long to finish after SIGTERM
@@ -40,18 +50,43 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-async def connect(kubeconfig: str | None) -> KubeClient:
-    """In-cluster service account, else KUBECONFIG / ~/.kube/config (or --kubeconfig)."""
-    api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
-    return KubeClient(api)
+async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
+                  clock: Clock | None = None) -> KubeClient:
+    """--kubeconfig, else $KUBECONFIG or ~/.kube/config, else the in-cluster configuration
+    (kr8s's order): the service account the kubelet mounts (`serviceaccount`: another directory,
+    for tests), its token read again every minute by `clock`."""
+    api = await kr8s.asyncio.api(kubeconfig=kubeconfig, serviceaccount=serviceaccount)
+    token = service_account_token(api.auth)
+    return KubeClient(api, token_file=TokenFile(token, clock or MonotonicClock())
+                      if token is not None else None)
+
+
+def metrics_certificate(options: RunOptions, metrics: Metrics) -> ServingCertificate | None:
+    """The certificate /metrics is served with; None for plain HTTP (or no /metrics at all).
+    Raises CertificateError when the files given cannot be used."""
+    if not options.metrics_secure or parse_bind_address(options.metrics_bind_address) is None:
+        return None
+    files = None
+    if options.metrics_cert_path is not None:
+        directory = Path(options.metrics_cert_path)
+        files = (directory / options.metrics_cert_name, directory / options.metrics_cert_key)
+    return ServingCertificate(files, loaded=metrics.certificate_reads.inc,
+                              failed=metrics.certificate_read_errors.inc)
 
 
 async def run_controller(options: RunOptions, metrics: Metrics | None = None) -> int:
-    """Exit status 0 after SIGTERM/SIGINT, 1 when leadership was lost (see manager.py)."""
-    manager = Manager(lambda: connect(options.kubeconfig), metrics or Metrics(process_registry()),
+    """Exit status 0 after SIGTERM/SIGINT, 1 when leadership was lost (see manager.py) or the
+    metrics certificate cannot be used."""
+    metrics = metrics or Metrics(process_registry())
+    try:
+        certificate = metrics_certificate(options, metrics)
+    except CertificateError as error:
+        log.error("cannot serve metrics", extra={"error": str(error)})
+        return 1
+    manager = Manager(lambda: connect(options.kubeconfig), metrics,
                       options.controller, options.leader_election,
                       options.metrics_bind_address, options.health_probe_bind_address,
-                      options.shutdown_grace)
+                      options.shutdown_grace, certificate)
     return await manager.run()
 
 

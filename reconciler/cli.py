@@ -42,6 +42,15 @@ def _duration(value: str) -> float:
     return total
 
 
+def _go_bool(value: str) -> bool:
+    """A boolean flag's value as Go's flag package takes it (`--metrics-secure=false`)."""
+    if value in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if value in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
 def _bind_address(value: str) -> str:
     try:
         parse_bind_address(value)
@@ -54,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reconciler",
         description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service "
-                        "account, else $KUBECONFIG, else ~/.kube/config)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, or "
+                        "~/.kube/config if unset; where there is none, the in-cluster service "
+                        "account)")
     parser.add_argument("--once", action="store_true",
                         help="reconcile every NimbusPolicy once, print a summary and exit "
                              "(0 converged, 1 failures, 2 bad input reported)")
@@ -68,8 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="watch only this namespace; repeat for several (default: all)")
     parser.add_argument("--resync-period", type=_duration, default=600.0, metavar="DURATION",
                         help="reconcile every NimbusPolicy at least this often (default 10m)")
-    parser.add_argument("--metrics-bind-address", type=_bind_address, default=":8080",
-                        help="address for /metrics, or 0 to disable (default :8080)")
+    parser.add_argument("--metrics-bind-address", type=_bind_address,
+                        help="address for /metrics, or 0 to disable (default :8443, and :8080 "
+                             "with --metrics-secure=false)")
+    parser.add_argument("--metrics-secure", type=_go_bool, nargs="?", const=True, default=True,
+                        metavar="BOOL",
+                        help="serve /metrics over HTTPS to those the API server authenticates "
+                             "(TokenReview) and authorizes (SubjectAccessReview: get on the URL "
+                             "/metrics) (default true); --metrics-secure=false serves plain HTTP "
+                             "to anyone")
+    parser.add_argument("--metrics-cert-path", metavar="DIR",
+                        help="directory with the metrics server's certificate and key, read "
+                             "again when they change (default: a self-signed one made at start)")
+    parser.add_argument("--metrics-cert-name", default="tls.crt", metavar="FILE",
+                        help="the certificate's file in --metrics-cert-path (default tls.crt)")
+    parser.add_argument("--metrics-cert-key", default="tls.key", metavar="FILE",
+                        help="the key's file in --metrics-cert-path (default tls.key)")
     parser.add_argument("--health-probe-bind-address", type=_bind_address, default=":8081",
                         help="address for /healthz and /readyz, or 0 to disable (default :8081)")
     parser.add_argument("--leader-elect", action="store_true",
@@ -119,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             lease_duration=args.leader_elect_lease_duration,
             renew_deadline=args.leader_elect_renew_deadline,
             retry_period=args.leader_elect_retry_period)
+    if args.metrics_bind_address is None:
+        args.metrics_bind_address = ":8443" if args.metrics_secure else ":8080"
+    metrics_bind = parse_bind_address(args.metrics_bind_address)
+    if args.metrics_secure and not args.once and metrics_bind is not None and \
+            metrics_bind[1] != 0 and metrics_bind == parse_bind_address(args.health_probe_bind_address):
+        parser.error("--metrics-bind-address and --health-probe-bind-address must differ with "
+                     "--metrics-secure: the probes are plain HTTP, without a token")
+    if args.metrics_cert_path is not None and not args.metrics_secure:
+        parser.error("--metrics-cert-path goes with --metrics-secure (plain HTTP has no "
+                     "certificate)")
     logs.setup(args.log_level, args.log_format)
     options = RunOptions(
         controller=ControllerConfig(namespaces=tuple(dict.fromkeys(args.namespaces)),
@@ -126,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                                     resync_period=args.resync_period),
         kubeconfig=args.kubeconfig,
         metrics_bind_address=args.metrics_bind_address,
+        metrics_secure=args.metrics_secure,
+        metrics_cert_path=args.metrics_cert_path,
+        metrics_cert_name=args.metrics_cert_name,
+        metrics_cert_key=args.metrics_cert_key,
         health_probe_bind_address=args.health_probe_bind_address,
         leader_election=leader_election,
     )

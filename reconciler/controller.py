@@ -127,6 +127,7 @@ class Controller:
                 CachedPolicy.from_json, self.on_kubearmor_policy, metrics, clock=self.clock,
                 read_timeout=self.config.watch_read_timeout, watch_timeout=self.config.watch_timeout,
                 page_size=self.config.page_size, page_lock=page_lock))
+        client.expect_streams(len(self.reflectors))  # a watch each, open at once
         self._gauges = (metrics.max_concurrent_reconciles.labels(CONTROLLER),
                         metrics.active_workers.labels(CONTROLLER))
         # at 0 from the start, as controller-runtime does: increase() counts the first error

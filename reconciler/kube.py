@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
 import anyio
@@ -15,7 +19,9 @@ import httpx
 import kr8s
 
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
+from .tokenfile import TokenFile
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -137,6 +143,50 @@ def _as_api_errors() -> Any:
         raise converted from error
 
 
+def service_account_token(auth: Any) -> Path | None:
+    """The token file kr8s's credentials came from when it found no kubeconfig and took the
+    in-cluster configuration (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the
+    CA and token mounted at /var/run/secrets/kubernetes.io/serviceaccount); None otherwise.
+    kr8s says so only by the CA file it took from that directory."""
+    directory = getattr(auth, "_serviceaccount", None)
+    if directory and auth.server_ca_file == os.path.join(directory, "ca.crt"):
+        return Path(directory) / "token"
+    return None
+
+
+# Connections for short requests (LISTs, writes, Events, the Lease), besides one per stream
+# that stays open: httpx's own default pool size, which kr8s keeps.
+REQUEST_CONNECTIONS = 100
+# Open files besides the connections: the HTTP servers, their clients, logs, libraries.
+OTHER_FILES = 100
+
+
+def allow_open_files(count: int) -> None:
+    """Raise the soft limit on open files to `count` if it is lower, up to the hard limit, as Go
+    programs (client-go's users) raise it at start: a container runtime may start us with 1024
+    (containerd 2 does), and 500 namespaces are 1000 watches, a connection each."""
+    soft, hard = getrlimit(RLIMIT_NOFILE)
+    if soft == RLIM_INFINITY or soft >= count:
+        return
+    new = count if hard == RLIM_INFINITY else min(count, hard)
+    setrlimit(RLIMIT_NOFILE, (new, hard))
+    if new < count:
+        log.warning("the hard limit on open files is lower than the connections may need",
+                    extra={"limit": hard, "needed": count})
+
+
+def may_have_landed(error: ApiError) -> bool:
+    """Whether a write that failed with `error` may all the same have been applied (or still be
+    applied) by the API server. No answer at all (a timeout, a connection lost after the request
+    was sent), and every 5xx: the API server answers 504 when its own request timeout passes
+    while the handler, and so the write to etcd, carries on; 500 when something failed after
+    etcd committed (an etcd timeout whose commit went through after all); a proxy or load
+    balancer between us answers 502, 503 or 504 when it lost or gave up on an upstream that
+    had the request. A 4xx (429 included: refused before any handler ran) is the server's
+    decision not to apply it."""
+    return error.status == 0 or error.status >= 500
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
@@ -146,51 +196,121 @@ class KubeClient:
     one shared HTTP client and so closing every watch and request under way. A 403 is an answer
     (RBAC, an admission policy, a namespace being deleted), never a reason to re-authenticate.
     On a 401 the credentials are read again once (in a pod the kubelet rotates the token file)
-    and put on the shared client in place, and the request is tried once more."""
+    and put on the shared client in place, and the request is tried once more.
 
-    def __init__(self, api: Any, request_timeout: float = 30.0) -> None:
+    Over HTTP/1.1 every watch holds a connection of its own for as long as it runs, so the
+    connection pool is sized to the streams its users say they keep open (`expect_streams`)
+    plus REQUEST_CONNECTIONS: 200 namespaces are 400 watches, which kr8s's pool of 100 would
+    never hold, and a LIST, a write or the Lease renewal waiting for a connection behind them
+    would time out. (kube-apiserver allows 100 streams per HTTP/2 connection, and httpx's HTTP/2
+    opens one connection per server and queues the rest; see the README.)
+
+    In a pod (`token_file`: the mounted service-account token) the token is also read again about
+    every minute, as client-go does, so a rotated token is in use long before the old one expires
+    or is revoked: no request is refused for it, no watch broken."""
+
+    def __init__(self, api: Any, request_timeout: float = 30.0,
+                 token_file: TokenFile | None = None) -> None:
         self.api = api
         self.request_timeout = httpx.Timeout(request_timeout)
         self.request_seconds = request_timeout
-        # When a write last failed without an answer (timed out, connection lost after it was
-        # sent): the server may apply it up to a request timeout later.
-        self._unanswered_write_at: float | None = None
-        # Bumped each time the credentials are read again: a request that failed with 401
-        # under an older generation retries without reading them once more.
+        self.token_file = token_file
+        # When a write last failed in a way that may still see it applied (may_have_landed):
+        # the server may apply it up to a request timeout later.
+        self._uncertain_write_at: float | None = None
+        # Requests that stay open (watches) the users of this client run at once, at most; the
+        # connection pool holds that many connections more than REQUEST_CONNECTIONS.
+        self._streams = 0
+        self._sized_session: Any = None  # the HTTP client whose pool was last sized
+        # The token on the shared client's headers (kr8s put the one it read there).
+        self._token_in_use: str | None = api.auth.token
+        # Bumped each time the credentials are read again after a 401, and each time a token
+        # read again on schedule replaces the one in use: a request that failed with 401 under
+        # an older generation retries without reading them once more.
         self._credentials_generation = 0
         self._credentials_lock = anyio.Lock()
+
+    def _credentials(self) -> int:
+        """The generation of the credentials the next request goes with, after putting a token
+        the kubelet rotated (read again once a minute) on the client."""
+        if self.token_file is not None:
+            token = self.token_file.token()
+            if token is not None and token != self._token_in_use:
+                self._use_token(token)
+                self._credentials_generation += 1
+        return self._credentials_generation
 
     async def _refresh_credentials(self, failed_under: int) -> None:
         async with self._credentials_lock:
             if self._credentials_generation != failed_under:
                 return  # another request read them meanwhile
             self._credentials_generation += 1
-            await self.api.auth.reauthenticate()
-            # kr8s puts the token into its client's default headers when it creates the client;
-            # changing them there leaves the connections (and the watches on them) alone.
-            session = getattr(self.api, "_session", None)
-            if session is not None and self.api.auth.token:
-                session.headers["Authorization"] = f"Bearer {self.api.auth.token}"
+            if self.token_file is not None:
+                token = self.token_file.read()
+            else:
+                await self.api.auth.reauthenticate()
+                token = self.api.auth.token
+            if token:
+                self._use_token(token)
+
+    def _use_token(self, token: str) -> None:
+        # kr8s puts the token into its client's default headers when it creates the client;
+        # changing them there leaves the connections (and the watches on them) alone. kr8s's
+        # own copy is for a client it may create again.
+        self.api.auth.token = token
+        session = getattr(self.api, "_session", None)
+        if session is not None:
+            session.headers["Authorization"] = f"Bearer {token}"
+        self._token_in_use = token
+
+    def expect_streams(self, count: int) -> None:
+        """Make room in the connection pool for `count` more requests that stay open (watches)."""
+        self._streams += count
+        self._sized_session = None
+        self._size_pool()
+        allow_open_files(REQUEST_CONNECTIONS + self._streams + OTHER_FILES)
+
+    def _size_pool(self) -> None:
+        """Size the pool of kr8s's HTTP client (again when kr8s has made a new client). httpx
+        takes its limits only when the client is made, and kr8s makes it, so its pool's
+        limit is changed in place."""
+        session = getattr(self.api, "_session", None)
+        if session is None or session is self._sized_session:
+            return
+        transports = [session._transport, *(t for t in session._mounts.values() if t)]
+        pools: list[Any] = [p for p in (getattr(t, "_pool", None) for t in transports)
+                            if hasattr(p, "_max_connections")]
+        for pool in pools:
+            pool._max_connections = REQUEST_CONNECTIONS + self._streams
+        if not pools:
+            log.warning("cannot size the HTTP client's connection pool: watches beyond its "
+                        "limit wait for a connection", extra={"streams": self._streams})
+        self._sized_session = session
 
     def writes_may_still_land(self) -> bool:
-        """Whether a write that got no answer may still be applied by the server."""
-        return self._unanswered_write_at is not None and \
-            time.monotonic() - self._unanswered_write_at < self.request_seconds
+        """Whether a write that failed in a way that may see it applied all the same (no answer,
+        a 5xx: may_have_landed) may still be applied by the server."""
+        return self._uncertain_write_at is not None and \
+            time.monotonic() - self._uncertain_write_at < self.request_seconds
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
         try:
             return await self._attempts(method, resource, namespace, url, **kwargs)
         except ApiError as error:
-            if error.status == 0 and method != "GET":
-                self._unanswered_write_at = time.monotonic()
+            if method != "GET" and may_have_landed(error):
+                self._uncertain_write_at = time.monotonic()
             raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
                         url: str, **kwargs: Any) -> Obj:
         kwargs.setdefault("timeout", self.request_timeout)
+        # Tell the server when we give up, as client-go does: it then stops working on the
+        # request by then, so a write we gave up on cannot land much later than that.
+        kwargs["params"] = {**(kwargs.get("params") or {}), "timeout": f"{self.request_seconds:g}s"}
+        self._size_pool()
         for attempt in range(2):
-            generation = self._credentials_generation
+            generation = self._credentials()
             with _as_api_errors():
                 async with self.api.call_api(method, version=resource.api_version,
                                              namespace=namespace, url=url,
@@ -228,8 +348,9 @@ class KubeClient:
         if field_selector:
             params["fieldSelector"] = field_selector
         timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=10.0, pool=10.0)
+        self._size_pool()
         for attempt in range(2):
-            generation = self._credentials_generation
+            generation = self._credentials()
             async with contextlib.AsyncExitStack() as stack:
                 with _as_api_errors():
                     response = await stack.enter_async_context(self.api.call_api(
@@ -288,6 +409,12 @@ class KubeClient:
             if not error.not_found:
                 raise
             return None
+
+    async def review(self, resource: Resource, body: Mapping[str, Any]) -> Obj:
+        """POST a review (TokenReview, SubjectAccessReview) and return the answer with its
+        status. A review stores nothing, so one left without an answer is no write that may
+        still land (writes_may_still_land stays as it was)."""
+        return await self._attempts("POST", resource, None, self._url(resource), json=body)
 
 
 async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:

@@ -5,14 +5,19 @@ holder has not renewed it for leaseDurationSeconds, judged by this process's own
 moment it last saw the record change (clocks of different machines are never compared). Every
 update carries the resourceVersion it read, so two candidates can never both win. The leader
 renews every retryPeriod and gives up (the process exits) if it could not renew within
-renewDeadline. On shutdown the leader releases the Lease. Beyond client-go, a standby also
-watches the Lease, so a released Lease is taken within a request's time rather than at the next
-jittered retry.
+renewDeadline, counted from when its last successful renewal was *sent*: the others count the
+lease from when they see that renewal, which is later, so a slow answer cannot stretch our
+belief past theirs (client-go counts from when the answer came). A leader that finds another
+holder in the Lease steps down at once (client-go's IsLeader() turns false on that read, but its
+renewal loop tries again until the renew deadline, and its callers go on meanwhile). On shutdown
+the leader releases the Lease. Beyond client-go, a standby also watches the Lease, so a released
+Lease is taken within a request's time rather than at the next jittered retry.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import os
 import random
@@ -59,6 +64,14 @@ def default_namespace() -> str | None:
         return None
 
 
+class Attempt(enum.Enum):
+    """What one try at acquiring or renewing the Lease found."""
+
+    HOLDING = "we hold the Lease"  # created, taken over or renewed
+    HELD_BY_ANOTHER = "another holder's lease runs"
+    FAILED = "no answer, or a conflict: try again"
+
+
 def _micro_time(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -79,8 +92,12 @@ class LeaderElector:
         self._lease: dict[str, Any] | None = None  # the object, for its resourceVersion
         self._changed = anyio.Event()  # the watch saw the Lease change
         self._expires_at: float | None = None  # local time another holder's lease runs out
+        # Local time our last successful acquire or renewal was sent: it holds the Lease for
+        # renewDeadline from then, whenever its answer came.
+        self._renewed_at = 0.0
         self.healthy = False  # the last attempt reached the API server
         self._stop_renewing = anyio.Event()
+        client.expect_streams(1)  # a standby's watch of the Lease
 
     @property
     def is_leader(self) -> bool:
@@ -93,7 +110,7 @@ class LeaderElector:
                                                     "identity": cfg.identity})
         async with anyio.create_task_group() as watcher:
             watcher.start_soon(self._watch_lease)
-            while not await self._try_acquire_or_renew():
+            while await self._try_acquire_or_renew() is not Attempt.HOLDING:
                 self._changed = anyio.Event()
                 # the next try: after the retry period, when the holder's lease runs out (a
                 # watched Lease tells us each renewal), or as soon as the Lease changes
@@ -109,28 +126,33 @@ class LeaderElector:
                                          "identity": cfg.identity})
 
     async def keep_renewing(self) -> bool:
-        """Renew every retryPeriod until stop_renewing() (returns True), or until no renewal
-        succeeded within renewDeadline (returns False: leadership lost). A renewal under way is
-        never cut short by stop_renewing(): a request cancelled mid-flight may still be applied,
-        and the release that follows would then carry a stale resourceVersion."""
+        """Renew a retryPeriod after the last renewal was sent, until stop_renewing() (returns
+        True); return False (leadership lost) as soon as the Lease is found held by another,
+        or once renewDeadline has passed since the last successful renewal was sent. A renewal
+        under way is never cut short by stop_renewing(): a request cancelled mid-flight may
+        still be applied, and the release that follows would then carry a stale
+        resourceVersion."""
         cfg = self.config
-        last_renewal = self.clock.now()
         while True:
-            with anyio.move_on_after(cfg.retry_period):
+            with anyio.move_on_after(self._renewed_at + cfg.retry_period - self.clock.now()):
                 await self._stop_renewing.wait()
             if self._stop_renewing.is_set():
                 return True
-            remaining = max(0.0, cfg.renew_deadline - (self.clock.now() - last_renewal))
-            with anyio.move_on_after(remaining):
-                while not await self._try_acquire_or_renew():
+            attempt = Attempt.FAILED
+            with anyio.move_on_after(self._renewed_at + cfg.renew_deadline - self.clock.now()):
+                while (attempt := await self._try_acquire_or_renew()) is Attempt.FAILED:
                     if self._stop_renewing.is_set():
                         return True
                     await anyio.sleep(cfg.retry_period / 4)
-                last_renewal = self.clock.now()
+            if attempt is Attempt.HOLDING:
                 continue
             self.leading = anyio.Event()
             self._status.set(0)
-            log.error("leader election lost", extra={"lease": f"{cfg.namespace}/{cfg.name}"})
+            log.error("leader election lost", extra={
+                "lease": f"{cfg.namespace}/{cfg.name}",
+                "reason": "held by another" if attempt is Attempt.HELD_BY_ANOTHER else
+                          "not renewed within the renew deadline",
+                "holder": (self._observed or {}).get("holderIdentity")})
             return False
 
     def stop_renewing(self) -> None:
@@ -155,7 +177,7 @@ class LeaderElector:
         self.leading = anyio.Event()
         self._status.set(0)
 
-    async def _try_acquire_or_renew(self) -> bool:
+    async def _try_acquire_or_renew(self) -> Attempt:
         cfg = self.config
         now_wall = _micro_time(dt.datetime.now(dt.UTC))
         try:
@@ -164,13 +186,15 @@ class LeaderElector:
                 first: dict[str, Any] = {
                     "holderIdentity": cfg.identity, "leaseDurationSeconds": int(cfg.lease_duration),
                     "acquireTime": now_wall, "renewTime": now_wall, "leaseTransitions": 0}
+                sent = self.clock.now()
                 self._lease = await self.client.create(LEASES, cfg.namespace, {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": cfg.name, "namespace": cfg.namespace},
                     "spec": first}, FIELD_MANAGER)
-                self._observe(first)
+                self._observe(first, sent)
+                self._renewed_at = sent
                 self.healthy = True
-                return True
+                return Attempt.HOLDING
             record: dict[str, Any] = lease.get("spec") or {}
             self._observe(record)
             self.healthy = True
@@ -178,7 +202,7 @@ class LeaderElector:
             duration = float(record.get("leaseDurationSeconds") or cfg.lease_duration)
             self._expires_at = self._observed_at + duration
             if holder and holder != cfg.identity and self.clock.now() <= self._expires_at:
-                return False
+                return Attempt.HELD_BY_ANOTHER
             mine = holder == cfg.identity
             new_record = {
                 "holderIdentity": cfg.identity,
@@ -187,10 +211,12 @@ class LeaderElector:
                 "renewTime": now_wall,
                 "leaseTransitions": int(record.get("leaseTransitions") or 0) + (0 if mine else 1),
             }
+            sent = self.clock.now()
             self._lease = await self.client.replace(LEASES, cfg.namespace, cfg.name,
                                                     {**lease, "spec": new_record}, FIELD_MANAGER)
-            self._observe(new_record)
-            return True
+            self._observe(new_record, sent)
+            self._renewed_at = sent
+            return Attempt.HOLDING
         except Exception as failure:
             error = api_error(failure)
             if error is None:
@@ -198,12 +224,14 @@ class LeaderElector:
             self.healthy = error.status != 0
             if not error.conflict and not error.already_exists:
                 log.warning("lease update failed", extra={"error": str(error)})
-            return False
+            return Attempt.FAILED
 
-    def _observe(self, record: dict[str, Any]) -> None:
+    def _observe(self, record: dict[str, Any], at: float | None = None) -> None:
+        """Remember `record` and, if it changed, when it was seen (`at`: our own write of it,
+        the moment it was sent)."""
         if record != self._observed:
             self._observed = dict(record)
-            self._observed_at = self.clock.now()
+            self._observed_at = self.clock.now() if at is None else at
 
     async def _watch_lease(self) -> None:
         """Wake the acquire loop whenever the Lease changes; errors just end the speed-up. A

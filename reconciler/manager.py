@@ -1,9 +1,11 @@
 """The process's lifecycle, in one place (controller-runtime's manager is the model).
 
 Start-up, in this order:
-  1. the HTTP server: /healthz answers at once, /readyz says why it is not ready yet;
+  1. the HTTP server: /healthz answers at once, /readyz says why it is not ready yet; secure
+     /metrics answers 500 (nobody can be checked yet) until the next step is done;
   2. the connection to the API server (credentials, /version), tried again with a backoff
-     while the API server cannot be reached, each try bounded in time;
+     while the API server cannot be reached, each try bounded in time; from then on secure
+     /metrics asks it who the scraper is and whether it may read metrics;
   3. with leader election, wait to hold the Lease (a standby stays here, ready if it can reach
      the API server);
   4. the controller: its reflectors list and watch; its workers start once every cache has
@@ -19,7 +21,7 @@ Shutdown, on SIGTERM or SIGINT, in this order (further signals meanwhile are onl
      for an answer that never came: such a request may still be applied by the API server, and
      a standby must not start writing before it lands. Then the Lease is left to expire
      (leaseDuration) instead;
-  5. the HTTP server stops.
+  5. the HTTP server stops (and with it the watch on a mounted metrics certificate).
 
 Losing the Lease cancels everything at once and the process exits 1 (the pod restarts as a
 standby rather than write without the Lease), as controller-runtime does.
@@ -36,11 +38,13 @@ import kr8s
 
 from .clock import MonotonicClock
 from .controller import Controller, ControllerConfig
+from .delegatedauth import ApiReviewer, DelegatedAuth
 from .kube import KubeClient, api_error
 from .leaderelection import LeaderElectionConfig, LeaderElector
 from .metrics import Metrics
 from .reflector import Backoff
 from .server import Servers
+from .servingcerts import ServingCertificate
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0  # one try at reaching the API server
@@ -49,13 +53,21 @@ CONNECT_TIMEOUT = 30.0  # one try at reaching the API server
 class Manager:
     def __init__(self, connect: Callable[[], Awaitable[KubeClient]], metrics: Metrics,
                  config: ControllerConfig, leader_election: LeaderElectionConfig | None,
-                 metrics_address: str, probe_address: str, grace: float) -> None:
+                 metrics_address: str, probe_address: str, grace: float,
+                 metrics_certificate: ServingCertificate | None = None) -> None:
+        """`metrics_certificate`: serve /metrics over HTTPS with it, to those the API server
+        authenticates and authorizes; None: plain HTTP to anyone."""
         self._connect = connect
         self.metrics = metrics
         self.config = config
         self.leader_election = leader_election
         self.grace = grace
-        self.servers = Servers(metrics.registry, self.readiness, metrics_address, probe_address)
+        self.certificate = metrics_certificate
+        self.reviewer: ApiReviewer | None = None  # once connected
+        auth = DelegatedAuth(lambda: self.reviewer) if metrics_certificate is not None else None
+        self.servers = Servers(metrics.registry, self.readiness, metrics_address, probe_address,
+                               tls=metrics_certificate.listening if metrics_certificate else None,
+                               auth=auth)
         self.controller: Controller | None = None  # once connected
         self.elector: LeaderElector | None = None
         self.leadership_lost = False
@@ -66,6 +78,8 @@ class Manager:
     def readiness(self) -> list[str]:
         """Why this process is not ready; empty when it is. A standby is ready when it can
         reach the API server."""
+        if self.leadership_lost:
+            return ["leader election lost: stopping"]
         if self.controller is None:
             return ["connecting to the API server"]
         if self.elector is not None and not self.elector.is_leader:
@@ -82,6 +96,8 @@ class Manager:
         try:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tasks:
+                    if self.certificate is not None:
+                        tasks.start_soon(self.certificate.watch)
                     tasks.start_soon(self._start, tasks.cancel_scope)
                     async for signum in signals:
                         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -96,6 +112,7 @@ class Manager:
 
     async def _start(self, everything: anyio.CancelScope) -> None:
         client = await self._connected()
+        self.reviewer = ApiReviewer(client)
         self.controller = Controller(client, self.metrics, self.config)
         if self.leader_election is not None:
             self.elector = LeaderElector(client, self.leader_election, self.metrics)

@@ -99,6 +99,12 @@ class Metrics:
                                   "1 when the reflector of a resource in a namespace scope (\"\" for "
                                   "all) has listed and is watching", ("resource", "namespace"),
                                   registry=r)
+        # controller-runtime's certwatcher: reads of a mounted metrics certificate
+        self.certificate_reads = Counter("certwatcher_read_certificate_total",
+                                         "Total number of certificate reads", registry=r)
+        self.certificate_read_errors = Counter("certwatcher_read_certificate_errors_total",
+                                               "Total number of certificate read errors",
+                                               registry=r)
 
     def queue(self, name: str, controller: str) -> QueueMetrics:
         queue = QueueMetrics(name, controller)

@@ -82,8 +82,9 @@ class Demo:
         return {p["metadata"]["name"]: p for p in self.client.get(KSP).json()["items"]}
 
     def start_reconciler(self) -> subprocess.Popen[str]:
-        role = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())
-        self.cp.grant(IDENTITY, role["rules"])
+        for name in ("role", "metrics_auth_role"):  # what it does, and its secure /metrics
+            role = yaml.safe_load((REPO / "config" / "rbac" / f"{name}.yaml").read_text())
+            self.cp.grant(IDENTITY, role["rules"], role=name)
         kubeconfig = self.cp.identity_kubeconfig(IDENTITY)
         metrics_port = free_port()
         command = [sys.executable, "-m", "reconciler", "--kubeconfig", str(kubeconfig),
@@ -92,7 +93,7 @@ class Demo:
         print("$ python -m reconciler " + " ".join(command[3:]), flush=True)
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.metrics_url = f"https://127.0.0.1:{metrics_port}/metrics"
 
         def relay() -> None:
             assert process.stderr is not None
@@ -118,7 +119,7 @@ def main() -> int:
         demo = Demo(control_plane)
         step(2, "the samples in config/samples: intents, bindings, NimbusPolicies")
         demo.apply_samples()
-        step(3, "the reconciler, as the identity config/rbac/role.yaml allows")
+        step(3, "the reconciler, as the identity config/rbac allows")
         reconciler = demo.start_reconciler()
         try:
             expected = 6
@@ -149,8 +150,14 @@ def main() -> int:
                 ["delete", "kubearmorpolicy", gone, "-n", NAMESPACE],
                 lambda: gone in (p := demo.policies()) and p[gone]["metadata"]["uid"] != old_uid)
             demo.show("get", "kubearmorpolicies", "-n", NAMESPACE)
-            print("\nmetrics (a few of them):")
-            for line in httpx.get(demo.metrics_url, timeout=5).text.splitlines():
+            print("\nmetrics, over HTTPS: without a token "
+                  f"{httpx.get(demo.metrics_url, timeout=5, verify=False).status_code}; with the "
+                  "token of a ServiceAccount bound to config/rbac's metrics-reader (a few):")
+            reader = yaml.safe_load((REPO / "config/rbac/metrics_reader_role.yaml").read_text())
+            control_plane.service_account_kubeconfig("default", "prometheus", reader["rules"])
+            token = control_plane.service_account_token("default", "prometheus")
+            for line in httpx.get(demo.metrics_url, timeout=5, verify=False,
+                                  headers={"Authorization": f"Bearer {token}"}).text.splitlines():
                 if line.startswith(("nimbus_kubearmor_drift_corrections_total",
                                     "nimbus_kubearmor_policy_writes_total",
                                     "controller_runtime_reconcile_total")):

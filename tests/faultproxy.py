@@ -38,15 +38,17 @@ Answers (the `answer` of a Rule):
   Stall()                         hold the request until `release()` (then forward) or until the
                                   client gives up
   Delay(seconds)                  wait, then forward
+  SlowAnswer(seconds, until=gate)  forward at once, pass the answer on `seconds` later and not
+                                  before gate.release()
+  Lost(status, lands_after)       the request lands, the client gets `status` (504) instead of
+                                  the API server's answer (a gateway that gave up upstream)
   CloseWatch(after_events=N)      N=0: 200 with an empty watch body, upstream never asked;
                                   N>0: forward, end the body cleanly after N events
   ErrorEvent(Status(410), after_events=N)
                                   the watch ends with an ERROR event carrying that Status after
                                   N forwarded events (N=0: upstream never asked)
-  LoseAnswer(then=f)              forward, read the whole answer, call f(exchange) (e.g. SIGKILL
+  ResetAnswered(then=f)           forward, read the whole answer, call f(exchange) (e.g. SIGKILL
                                   the client), then reset: the write landed, its answer is lost
-  LateAnswer(gate)                forward at once, pass the answer on once gate.release(): a
-                                  LIST served now and delivered late
   Steer(decide=f, query=g)        forward with the query rewritten by g(params) (e.g. an older
                                   resourceVersion); for a watch, f(exchange, WatchEvent) decides
                                   each event: Pass(), Hold(gate) (late: the stream waits, in
@@ -244,6 +246,30 @@ class Delay:
 
 
 @attrs.frozen
+class SlowAnswer:
+    """Forward at once (the API server applies the request at once), and pass its answer on
+    only `seconds` later, and (with `until`) not before that gate is released: the client
+    learns late what has long been done (a LIST served now and read after later writes)."""
+
+    seconds: float = 0.0
+    until: Gate | None = None
+    name = "slow-answer"
+
+
+@attrs.frozen
+class Lost:
+    """The API server's answer is lost on its way back, as when a gateway or load balancer gives
+    up on its upstream: the client is answered `status` (504 by default) and the request is
+    applied all the same. `lands_after=None`: forwarded first, and `status` answered once the
+    API server has answered (so it has been applied); a number of seconds: `status` answered at
+    once, and the request forwarded that much later, whatever its client does meanwhile."""
+
+    status: Status = Status(504, message="Gateway Timeout (injected by the fault proxy)")
+    lands_after: float | None = None
+    name = "lost"
+
+
+@attrs.frozen
 class CloseWatch:
     """End the response body cleanly: at once without asking upstream (after_events=0), or
     after forwarding `after_events` events."""
@@ -263,22 +289,13 @@ class ErrorEvent:
 
 
 @attrs.frozen
-class LoseAnswer:
+class ResetAnswered:
     """Forward, read the API server's whole answer, call `then(exchange)` (in the proxy's thread:
-    e.g. SIGKILL the client), then reset the client's connection: the request landed, its answer
-    never arrives (a client killed right after the server answered, or a lost answer)."""
+    e.g. SIGKILL the client), then reset the client's connection instead of answering: the
+    request landed, its answer never arrives (a client killed right after the server answered)."""
 
     then: Callable[[Exchange], None] | None = None
-    name = "lose-answer"
-
-
-@attrs.frozen
-class LateAnswer:
-    """Forward at once, read the API server's whole answer, and pass it on only once `gate` is
-    released: served now, delivered late (not for watches)."""
-
-    gate: Gate
-    name = "late-answer"
+    name = "reset-answered"
 
 
 # What a Steer's `decide` says about one watch event.
@@ -352,8 +369,8 @@ class Steer:
     name = "steer"
 
 
-Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | CloseWatch | ErrorEvent
-          | LoseAnswer | LateAnswer | Steer)
+Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | SlowAnswer | Lost | CloseWatch
+          | ErrorEvent | ResetAnswered | Steer)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -758,6 +775,11 @@ class FaultProxy:
                 return await self._forward(request, answer, exchange, body, delay=answer.seconds)
             case Delay():
                 await asyncio.sleep(answer.seconds)
+            case SlowAnswer():
+                return await self._forward(request, answer, exchange, body, hold=answer.seconds,
+                                           until=answer.until)
+            case Lost():
+                return await self._lose_answer(request, answer, exchange, body)
             case CloseWatch(after_events=0) | ErrorEvent(after_events=0):
                 return await self._empty_watch(request, answer, exchange)
         return await self._forward(request, answer, exchange, body)
@@ -779,9 +801,38 @@ class FaultProxy:
         await response.write_eof()
         return response
 
+    async def _lose_answer(self, request: web.BaseRequest, answer: Lost,
+                           exchange: Exchange, body: bytes) -> web.StreamResponse:
+        """Forward the request (at once or `lands_after` seconds later), whatever its client
+        does, read and drop the API server's answer, and answer `answer.status` instead."""
+        session = self._session
+        assert session is not None
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
+        url = URL(self.upstream + request.raw_path, encoded=True)
+
+        async def send() -> aiohttp.ClientResponse:
+            await asyncio.sleep(answer.lands_after or 0)
+            self._update(exchange, forwarded=True)
+            upstream = await session.request(request.method, url, headers=headers,
+                                             data=body if body else None, allow_redirects=False)
+            await upstream.read()
+            return upstream
+
+        sending = asyncio.ensure_future(send())
+        self._landing.add(sending)
+        sending.add_done_callback(self._landed)
+        if answer.lands_after is None:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await asyncio.shield(sending)
+        return self._status_response(answer.status, exchange)
+
     async def _forward(self, request: web.BaseRequest, answer: Answer, exchange: Exchange,
-                       body: bytes, delay: float | None = None) -> web.StreamResponse:
-        """`delay`: send upstream after this long, whether or not the client is still there."""
+                       body: bytes, delay: float | None = None, hold: float | None = None,
+                       until: Gate | None = None) -> web.StreamResponse:
+        """`delay`: send upstream after this long, whether or not the client is still there;
+        `hold`: pass the API server's answer on this long after it came; `until`: and not
+        before this gate is released."""
         session = self._session
         assert session is not None
         target = request.raw_path
@@ -815,10 +866,14 @@ class FaultProxy:
         except (aiohttp.ClientError, OSError):
             return await self._reset(request, web.StreamResponse(), exchange)
         try:
-            if isinstance(answer, LoseAnswer):
-                return await self._lose(request, upstream, answer, exchange)
-            if isinstance(answer, LateAnswer):
-                return await self._late(upstream, answer, exchange)
+            if hold is not None or until is not None:
+                self._update(exchange, status=upstream.status)  # answered, not passed on yet
+            if hold is not None:
+                await asyncio.sleep(hold)
+            if until is not None:
+                await until.wait()
+            if isinstance(answer, ResetAnswered):
+                return await self._reset_answered(request, upstream, answer, exchange)
             if isinstance(answer, Steer) and answer.decide is not None and \
                     exchange.kind == "watch" and upstream.status == 200:
                 return await self._relay_steered(request, upstream, answer, exchange)
@@ -878,8 +933,8 @@ class FaultProxy:
             self._client_left(exchange)
         return response
 
-    async def _lose(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-                    answer: LoseAnswer, exchange: Exchange) -> web.StreamResponse:
+    async def _reset_answered(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+                              answer: ResetAnswered, exchange: Exchange) -> web.StreamResponse:
         """The API server's answer, read whole and never passed on (the log keeps its status)."""
         try:
             content = await upstream.read()
@@ -891,19 +946,6 @@ class FaultProxy:
         if answer.then is not None:
             answer.then(exchange)
         return await self._reset(request, web.StreamResponse(), exchange)
-
-    async def _late(self, upstream: aiohttp.ClientResponse, answer: LateAnswer,
-                    exchange: Exchange) -> web.StreamResponse:
-        """The API server's answer, read whole now and passed on once the gate opens."""
-        content = await upstream.read()
-        self._update(exchange, status=upstream.status)
-        if self.record:
-            self._record_body(exchange, content)
-        await answer.gate.wait()
-        headers = CIMultiDict((k, v) for k, v in upstream.headers.items()
-                              if k.lower() not in _HOP_BY_HOP)
-        return web.Response(body=content, status=upstream.status, reason=upstream.reason,
-                            headers=headers)
 
     async def _relay_steered(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
                              answer: Steer, exchange: Exchange) -> web.StreamResponse:

@@ -387,10 +387,12 @@ class LocalControlPlane:
         cert, key = self.ca.client(user, groups).write(self.workdir / "pki", stem)
         return self._client(cert, key, 30)
 
-    def grant(self, user: str, rules: list[dict[str, Any]]) -> None:
-        """Bind `user` to a ClusterRole holding exactly `rules`."""
-        self._bind_cluster_role(f"test:{user}", rules, {"apiGroup": "rbac.authorization.k8s.io",
-                                                        "kind": "User", "name": user})
+    def grant(self, user: str, rules: list[dict[str, Any]], role: str = "") -> None:
+        """Bind `user` to a ClusterRole holding exactly `rules` (`role`: one of several; a
+        grant under the same `role` replaces the last)."""
+        self._bind_cluster_role(f"test:{user}" + (f":{role}" if role else ""), rules,
+                                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                 "name": user})
 
     def _bind_cluster_role(self, name: str, rules: list[dict[str, Any]],
                            subject: dict[str, str]) -> None:
@@ -452,16 +454,23 @@ class LocalControlPlane:
         return path
 
     def service_account_token(self, namespace: str, name: str, *, bound_secret: str | None = None,
-                              expiration_seconds: int = 3600) -> str:
+                              bound_pod: str | None = None, expiration_seconds: int = 3600) -> str:
         """A new token for an existing ServiceAccount (TokenRequest API), bound to the Secret
-        `bound_secret` (created if missing) when given. The API server's minimum lifetime is
-        600 s."""
+        `bound_secret` (created if missing) when given, or to the existing Pod `bound_pod` (as
+        the kubelet's token for a pod is: deleting the Pod revokes it). The API server's minimum
+        lifetime is 600 s."""
         spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
         if bound_secret is not None:
             secret = self._ensure(f"/api/v1/namespaces/{namespace}/secrets",
                                   {"metadata": {"name": bound_secret}, "type": "Opaque"})
             spec["boundObjectRef"] = {"kind": "Secret", "apiVersion": "v1", "name": bound_secret,
                                       "uid": secret["metadata"]["uid"]}
+        if bound_pod is not None:
+            with self.client() as client:
+                pod = client.get(f"/api/v1/namespaces/{namespace}/pods/{bound_pod}")
+            pod.raise_for_status()
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": bound_pod,
+                                      "uid": pod.json()["metadata"]["uid"]}
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         with self.client() as client:
             response = client.post(

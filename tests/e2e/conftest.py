@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,11 +32,30 @@ WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollectio
 T = TypeVar("T")
 
 
+def rbac_rules(name: str) -> list[dict[str, Any]]:
+    """The rules of config/rbac/<name>.yaml."""
+    rules: list[dict[str, Any]] = yaml.safe_load(
+        (REPO / "config" / "rbac" / f"{name}.yaml").read_text())["rules"]
+    return rules
+
+
 @pytest.fixture(scope="session")
 def reconciler_kubeconfig(control_plane: LocalControlPlane) -> Path:
-    role = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())
-    control_plane.grant(RECONCILER_USER, role["rules"])
+    control_plane.grant(RECONCILER_USER, rbac_rules("role"))
     return control_plane.identity_kubeconfig(RECONCILER_USER)
+
+
+def grant_metrics_auth(control_plane: LocalControlPlane, user: str = RECONCILER_USER) -> None:
+    """What secure /metrics needs besides config/rbac/role.yaml: its own ClusterRole."""
+    control_plane.grant(user, rbac_rules("metrics_auth_role"), role="metrics-auth")
+
+
+def metrics_reader_token(control_plane: LocalControlPlane, namespace: str,
+                         name: str = "prometheus") -> str:
+    """A token of the ServiceAccount `namespace`/`name`, bound to config/rbac's metrics-reader
+    (as a Prometheus's would be)."""
+    control_plane.service_account_kubeconfig(namespace, name, rbac_rules("metrics_reader_role"))
+    return control_plane.service_account_token(namespace, name)
 
 
 @pytest.fixture
@@ -44,6 +64,23 @@ def namespace(control_plane: LocalControlPlane) -> Iterator[str]:
     with control_plane.client() as client:
         client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
     yield name
+
+
+MANY_NAMESPACES = 200
+
+
+@pytest.fixture(scope="session")
+def many_namespaces(control_plane: LocalControlPlane) -> list[str]:
+    """200 namespaces (`many-000` ... `many-199`), made once for the whole session by 16
+    requests at a time (about a second), shared by the tests of that shape: they create what
+    they need in them under names of their own."""
+    names = [f"many-{i:03d}" for i in range(MANY_NAMESPACES)]
+    with control_plane.client() as client, ThreadPoolExecutor(16) as pool:
+        def create(name: str) -> None:
+            response = client.post("/api/v1/namespaces", json={"metadata": {"name": name}})
+            assert response.status_code in (201, 409), response.text
+        list(pool.map(create, names))
+    return names
 
 
 @pytest.fixture

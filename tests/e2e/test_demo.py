@@ -19,5 +19,7 @@ def test_demo_runs_start_to_finish() -> None:
     out = result.stdout
     assert out.count("-> repaired in") == 2
     assert "web-escapetohost-disallowcapabilities" in out and "UnknownIntent" in out
+    assert "metrics, over HTTPS: without a token 401" in out
+    assert "  controller_runtime_reconcile_total{" in out  # scraped with the reader's token
     assert "reconciler exited 0" in out and out.rstrip().endswith("done.")
     assert "Traceback" not in out + result.stderr

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,13 @@ from tests.faultproxy import (
     FaultProxy,
     Gate,
     Hold,
-    LateAnswer,
-    LoseAnswer,
+    Lost,
     Pass,
     Reset,
     ResetAfter,
+    ResetAnswered,
     Rule,
+    SlowAnswer,
     Stall,
     Status,
     Steer,
@@ -276,6 +278,41 @@ def test_delay_then_forward(control_plane: LocalControlPlane, proxy: FaultProxy,
              5, "the delayed create in the audit log")
 
 
+def test_slow_answer_lands_at_once_and_answers_late(control_plane: LocalControlPlane,
+                                                   proxy: FaultProxy, via_proxy: httpx.Client,
+                                                   namespace: str) -> None:
+    proxy.add(Rule(SlowAnswer(1.0), kind="write", times=1))
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        creating = pool.submit(via_proxy.post, configmaps(namespace),
+                               json={"metadata": {"name": "known-late"}})
+        wait_for(lambda: audit_by(control_plane, TESTER, namespace=namespace, name="known-late"),
+                 5, "the create in the audit log")
+        applied = time.monotonic() - started
+        created = creating.result(timeout=10)
+    assert created.status_code == 201 and time.monotonic() - started >= 1.0 > applied
+
+
+@pytest.mark.parametrize("lands_after", [None, 1.0])
+def test_lost_answer_the_request_lands_the_client_hears_504(
+        control_plane: LocalControlPlane, proxy: FaultProxy, via_proxy: httpx.Client,
+        namespace: str, lands_after: float | None) -> None:
+    proxy.add(Rule(Lost(lands_after=lands_after), kind="write", times=1))
+    name = f"lost-{'later' if lands_after else 'first'}"
+    started = time.monotonic()
+    answer = via_proxy.post(configmaps(namespace), json={"metadata": {"name": name}})
+    answered = time.monotonic() - started
+    assert answer.status_code == 504 and answer.json()["reason"] == "Timeout"
+    with control_plane.client() as admin:
+        if lands_after is None:  # answered once it had landed
+            assert admin.get(f"{configmaps(namespace)}/{name}").status_code == 200
+        else:  # answered at once, landed later
+            assert answered < lands_after
+            wait_for(lambda: admin.get(f"{configmaps(namespace)}/{name}").status_code == 200,
+                     5, "the create to land after its 504")
+            assert time.monotonic() - started >= lands_after
+
+
 def test_write_whose_client_gave_up_is_never_forwarded(control_plane: LocalControlPlane,
                                                        proxy: FaultProxy, tester: Path,
                                                        namespace: str) -> None:
@@ -318,11 +355,11 @@ def test_error_event_in_stream(control_plane: LocalControlPlane, proxy: FaultPro
         "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired"}
 
 
-def test_lose_answer_lands_the_write_and_resets(control_plane: LocalControlPlane,
+def test_reset_answered_lands_the_write_and_resets(control_plane: LocalControlPlane,
                                                proxy: FaultProxy, via_proxy: httpx.Client,
                                                namespace: str) -> None:
     seen: list[tuple[int | None, bool]] = []
-    lost = proxy.add(Rule(LoseAnswer(then=lambda e: seen.append((e.status, e.reset))),
+    lost = proxy.add(Rule(ResetAnswered(then=lambda e: seen.append((e.status, e.reset))),
                           kind="write", method="POST", times=1))
     with pytest.raises(httpx.TransportError):
         via_proxy.post(configmaps(namespace), json={"metadata": {"name": "landed"}})
@@ -334,11 +371,11 @@ def test_lose_answer_lands_the_write_and_resets(control_plane: LocalControlPlane
         assert admin.get(f"{configmaps(namespace)}/landed").status_code == 200
 
 
-async def test_late_answer_is_served_at_once_and_delivered_late(
+async def test_slow_answer_until_a_gate_is_served_at_once_and_delivered_late(
         control_plane: LocalControlPlane, proxy: FaultProxy, tester: Path, namespace: str) -> None:
     create_configmaps(control_plane, namespace, "before")
     gate = Gate()
-    late = proxy.add(Rule(LateAnswer(gate), kind="list", times=1))
+    late = proxy.add(Rule(SlowAnswer(until=gate), kind="list", times=1))
     async with async_client_from(tester) as client:
         listing = asyncio.ensure_future(client.get(configmaps(namespace)))
         await eventually(lambda: [e for e in proxy.requests(rule=late) if e.status == 200], 5,

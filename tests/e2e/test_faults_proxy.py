@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from reconciler.controller import Controller, ControllerConfig
-from reconciler.kube import KubeClient
+from reconciler.kube import KUBEARMOR_POLICIES, ApiError, KubeClient
 from reconciler.leaderelection import LeaderElectionConfig, LeaderElector
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
@@ -39,6 +39,7 @@ from tests.faultproxy import (
     Delay,
     ErrorEvent,
     FaultProxy,
+    Lost,
     Reset,
     Rule,
     Stall,
@@ -342,6 +343,38 @@ async def test_a_write_left_without_an_answer_may_still_land(
     assert client.writes_may_still_land()
     await eventually(lambda: has_policies(api, namespace, "late-dnsmanipulation"),
                      what="the unanswered create, landing all the same")
+
+
+@pytest.mark.parametrize(("answer", "may_have_landed"), [
+    (Lost(), True),  # a gateway's 504 after the API server applied it
+    (Lost(Status(500, message="etcdserver: request timed out")), True),
+    (Lost(Status(503, message="upstream connect error or disconnect/reset before headers")), True),
+    (Status(429, retry_after=1), False),  # refused before any handler ran
+    (Status(403, message="denied by an admission policy"), False),
+], ids=["504", "500", "503", "429", "403"])
+@pytest.mark.anyio  # at collection, for the anyio plugin to parametrize its backend with these
+async def test_a_write_answered_5xx_may_have_landed(
+        namespace: str, control_plane: LocalControlPlane, proxy: FaultProxy,
+        answer: Lost | Status, may_have_landed: bool) -> None:
+    """A create the proxy passes on (the policy is created) and answers with a 5xx: the client
+    knows it may have landed (the manager then keeps the Lease until it expires). A 4xx is a
+    refusal: nothing was written."""
+    proxy.add(Rule(answer, kind="write", method="POST", path="/kubearmorpolicies"))
+    api = await kr8s.asyncio.api(kubeconfig=str(
+        control_plane.identity_kubeconfig(RECONCILER_USER, server=proxy.url)))
+    client = KubeClient(api)
+    policy = {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
+              "metadata": {"name": "answered", "namespace": namespace},
+              "spec": {"selector": {"matchLabels": {"app": "x"}},
+                       "file": {"matchPaths": [{"path": "/etc/resolv.conf", "readOnly": True}]},
+                       "action": "Block"}}
+    with pytest.raises(ApiError) as refused:
+        await client.create(KUBEARMOR_POLICIES, namespace, policy, "test")
+    expected = answer.status.code if isinstance(answer, Lost) else answer.code
+    assert refused.value.status == expected
+    assert client.writes_may_still_land() is may_have_landed
+    async with control_plane.async_client() as admin:
+        assert await has_policies(admin, namespace, "answered") is may_have_landed
 
 
 async def test_a_repair_that_meets_a_newer_version_is_refused_then_made_on_it(

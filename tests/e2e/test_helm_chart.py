@@ -2,15 +2,16 @@
 (tests/tools/helm.py): it lints and its values schema refuses bad values; its defaults are
 config/ (every object compared whole, but for labels and image); what it renders passes
 server-side dry run; installed into the local control plane, its ServiceAccount (a token from the
-TokenRequest API) is all the reconciler, started with the installed Deployment's own args, needs
-to converge the samples, cluster-wide (a ClusterRole) and with `namespaces` set (Roles in those
-namespaces only); and `helm uninstall` removes every object it created."""
+TokenRequest API) is all two replicas of the reconciler, started with the installed Deployment's
+own args, need to converge the samples, hand the Lease over and serve secure /metrics to a
+token bound to its metrics-reader, cluster-wide (a ClusterRole) and with `namespaces` set (Roles
+in those namespaces only), and the audit log shows that they used every rule it grants
+(tests/e2e/privilege.py); and `helm uninstall` removes every object it created."""
 
 from __future__ import annotations
 
 import copy
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,12 +28,12 @@ from reconciler.builder import desired_policies
 from reconciler.model import to_dict
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.launcher import (
-    ControlPlaneError,
     LocalControlPlane,
     token_kubeconfig_yaml,
     wait_for,
 )
 from tests.e2e.nimbus import GROUP, kubearmor_policies, nimbus_policies
+from tests.e2e.privilege import KEPT, exercise, grants, privilege_problems, requests_by
 from tests.e2e.test_manifests import api_path, kustomize
 from tests.process import ReconcilerProcess
 from tests.prometheus.rules import job_patterns, rule_groups
@@ -65,6 +66,8 @@ def every_toggle(namespaces: list[str]) -> Obj:
         "logFormat": "text",
         "metricsPort": 9090,
         "probePort": 9091,
+        "metricsSecure": True,
+        "metricsCertSecret": "metrics-cert",
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                       "limits": {"cpu": "2", "memory": "512Mi"}},
         "serviceAccount": {"create": True, "annotations": {"example.com/team": "security"}},
@@ -125,6 +128,11 @@ def only(documents: list[Obj], kind: str) -> Obj:
     return found
 
 
+def only_named(documents: list[Obj], kind: str, name: str) -> Obj:
+    (found,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
 # --- lint and values -----------------------------------------------------------------------------
 
 def test_lint_and_the_values_schema(helm: Helm) -> None:
@@ -135,9 +143,18 @@ def test_lint_and_the_values_schema(helm: Helm) -> None:
                        (["--set", "replica=3"], "replica"),  # a typo, not silently ignored
                        (["--set", "namespaces={Not_A_Namespace}"], "namespaces"),
                        (["--set", "extraArgs={resync-period=5m}"], "extraArgs"),
-                       (["--set", "serviceAccount.create=false"], "serviceAccount.name")):
+                       (["--set", "serviceAccount.create=false"], "serviceAccount.name"),
+                       # two replicas reconciling at once
+                       (["--set", "replicas=2", "--set", "leaderElection.enabled=false"],
+                        "replicas"),
+                       (["--set", "metricsSecure=false", "--set", "metricsCertSecret=certs"],
+                        "metricsCertSecret"),
+                       (["--set", "metricsCertSecret=Not_A_Secret"], "metricsCertSecret")):
         refused = helm("template", RELEASE, CHART, *bad, check=False)
         assert refused.returncode != 0 and field in refused.stderr, (bad, refused.stderr)
+    for good in (["--set", "replicas=1", "--set", "leaderElection.enabled=false"],
+                 ["--set", "replicas=0", "--set", "leaderElection.enabled=false"]):
+        helm("template", RELEASE, CHART, *good)
 
 
 # --- one source of truth with config/ ------------------------------------------------------------
@@ -186,9 +203,16 @@ def test_chart_defaults_are_config(helm: Helm, control_plane: LocalControlPlane)
     assert container["image"].rpartition(":")[0] == \
         deployment["spec"]["template"]["spec"]["containers"][0]["image"].rpartition(":")[0]
 
-    # With `namespaces` set: config/'s rules in a Role in each, and no cluster-wide grant.
+    # With `namespaces` set: config/'s rules in a Role in each, and nothing cluster-wide but
+    # the reviews of secure /metrics and the role to read it (config/'s too).
     tenants = helm.template({"namespaces": ["team-a", "team-b"]})
-    assert not {"ClusterRole", "ClusterRoleBinding"} & {d["kind"] for d in tenants}
+    metrics_roles = {f"{RELEASE}-metrics-auth", f"{RELEASE}-metrics-reader"}
+    assert {d["metadata"]["name"] for d in tenants if d["kind"] == "ClusterRole"} == metrics_roles
+    for role in metrics_roles:
+        assert only_named(tenants, "ClusterRole", role)["rules"] == \
+            config[("ClusterRole", "", role)]["rules"]
+    assert [d["roleRef"]["name"] for d in tenants if d["kind"] == "ClusterRoleBinding"] == \
+        [f"{RELEASE}-metrics-auth"]
     cluster_rules = config[("ClusterRole", "", RELEASE)]["rules"]
     leader_rules = config[("Role", SYSTEM, f"{RELEASE}-leader-election")]["rules"]
     roles = {d["metadata"]["namespace"]: d["rules"] for d in tenants if d["kind"] == "Role"
@@ -200,9 +224,24 @@ def test_chart_defaults_are_config(helm: Helm, control_plane: LocalControlPlane)
     assert {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings} == {
         ("team-a", RELEASE), ("team-b", RELEASE), (SYSTEM, f"{RELEASE}-leader-election")}
     assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": SYSTEM}]
-               for b in bindings)
+               for b in bindings + [d for d in tenants if d["kind"] == "ClusterRoleBinding"])
     (container,) = only(tenants, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["args"][-2:] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_plain_http_metrics(helm: Helm) -> None:
+    """metricsSecure=false: what the reconciler served before, and nothing of secure /metrics."""
+    documents = helm.template({"metricsSecure": False, "metricsPort": 8080,
+                               "serviceMonitor": {"enabled": True}})
+    assert "ClusterRole" in {d["kind"] for d in documents}  # the reconciler's own rules
+    assert not [d for d in documents if "metrics" in d["metadata"]["name"]
+                and d["kind"].startswith("ClusterRole")]
+    (container,) = only(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][1:3] == ["--metrics-bind-address=:8080", "--metrics-secure=false"]
+    assert container["ports"][0] == {"name": "http-metrics", "containerPort": 8080}
+    assert only(documents, "ServiceMonitor")["spec"]["endpoints"] == [
+        {"port": "http-metrics", "path": "/metrics", "interval": "30s"}]
+    assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
 
 
 # --- server-side dry run -------------------------------------------------------------------------
@@ -235,7 +274,8 @@ def test_rendered_objects_pass_server_side_dry_run(helm: Helm, control_plane: Lo
         return
     # Every value lands where it should.
     assert kinds & PROMETHEUS_KINDS == PROMETHEUS_KINDS
-    assert "ClusterRole" not in kinds
+    assert {d["metadata"]["name"] for d in documents if d["kind"] == "ClusterRole"} == {
+        f"{RELEASE}-metrics-auth", f"{RELEASE}-metrics-reader"}  # and none of its rules
     deployment = only(documents, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -244,10 +284,17 @@ def test_rendered_objects_pass_server_side_dry_run(helm: Helm, control_plane: Lo
     assert container["imagePullPolicy"] == "Always"
     assert pod["imagePullSecrets"] == values["imagePullSecrets"]
     assert container["args"] == [
-        "--leader-elect", "--metrics-bind-address=:9090", "--health-probe-bind-address=:9091",
+        "--leader-elect", "--metrics-bind-address=:9090",
+        "--metrics-cert-path=/tmp/k8s-metrics-server/metrics-certs",
+        "--health-probe-bind-address=:9091",
         "--workers=8", "--log-level=debug", "--log-format=text",
         *(f"--namespace={t}" for t in tenants), "--resync-period=5m"]
-    assert [p["containerPort"] for p in container["ports"]] == [9090, 9091]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("https-metrics", 9090), ("http-probes", 9091)]
+    assert {"name": "metrics-certs", "secret": {"secretName": "metrics-cert", "optional": False}} \
+        in pod["volumes"]
+    assert {"name": "metrics-certs", "mountPath": "/tmp/k8s-metrics-server/metrics-certs",
+            "readOnly": True} in container["volumeMounts"]
     assert container["resources"] == values["resources"]
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {
         "kubectl.kubernetes.io/default-container": "manager", **values["podAnnotations"]}
@@ -256,15 +303,19 @@ def test_rendered_objects_pass_server_side_dry_run(helm: Helm, control_plane: Lo
     assert only(documents, "ServiceAccount")["metadata"]["annotations"] == \
         values["serviceAccount"]["annotations"]
     service = only(documents, "Service")
-    assert service["spec"]["ports"] == [{"name": "http-metrics", "port": 9090,
-                                         "targetPort": "http-metrics"}]
+    assert service["spec"]["ports"] == [{"name": "https-metrics", "port": 9090,
+                                         "targetPort": "https-metrics"}]
     # What the API server could not check: the ServiceMonitor scrapes that Service's port, where
     # the pods serve /metrics, under a job the alerts select.
     monitor = only(documents, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
-    assert monitor["spec"]["endpoints"] == [{"port": "http-metrics", "path": "/metrics",
-                                             "interval": "15s"}]
+    assert monitor["spec"]["endpoints"] == [{
+        "port": "https-metrics", "path": "/metrics", "interval": "15s", "scheme": "https",
+        "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "tlsConfig": {"insecureSkipVerify": False, "ca": {"secret": {
+            "name": "metrics-cert", "key": "ca.crt"}},
+            "serverName": f"{RELEASE}-metrics.{SYSTEM}.svc"}}]
     rule = only(documents, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom"
     config_rule = yaml.safe_load((REPO / "config/prometheus/rules.yaml").read_text())
@@ -362,21 +413,23 @@ def test_install_converge_as_its_service_account_and_uninstall(
     print(notes)
     # NOTES.txt says what it watches, and how to see it work, with this release's names.
     assert ("every namespace (a ClusterRole)" if shape == "cluster-wide" else
-            f"the namespaces {namespace} only (Roles there, no ClusterRole)") in notes
+            f"the namespaces {namespace} only (Roles there, no ClusterRole of its rules)") in notes
     for command in (f"kubectl -n {release_namespace} rollout status deployment/{RELEASE}",
-                    f"port-forward service/{RELEASE}-metrics 8080"):
+                    f"port-forward service/{RELEASE}-metrics 8443",
+                    f"--clusterrole={RELEASE}-metrics-reader"):
         assert command in notes, notes
     try:
         manifest = [d for d in yaml.safe_load_all(
             helm("get", "manifest", RELEASE, "-n", release_namespace).stdout) if d]
         created = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
                    for d in manifest}
-        rbac = {"Role", "RoleBinding"} | ({"ClusterRole", "ClusterRoleBinding"}
-                                          if shape == "cluster-wide" else set())
+        rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
         assert {k for k, _, _ in created} == {"ServiceAccount", "Deployment", "Service"} | rbac
         if shape == "namespaced":  # Roles where it watches and where its Lease is, nowhere else
-            assert {(k, ns) for k, ns, _ in created if k in rbac} == {
-                (k, ns) for k in rbac for ns in (namespace, release_namespace)}
+            assert {(k, ns) for k, ns, _ in created if k in ("Role", "RoleBinding")} == {
+                (k, ns) for k in ("Role", "RoleBinding") for ns in (namespace, release_namespace)}
+            assert {name for k, _, name in created if k == "ClusterRole"} == {
+                f"{RELEASE}-metrics-auth", f"{RELEASE}-metrics-reader"}
         with control_plane.client() as client:
             for document in manifest:
                 response = client.get(f"{api_path(control_plane, document)}/"
@@ -389,32 +442,30 @@ def test_install_converge_as_its_service_account_and_uninstall(
 
         # As the kubelet would mount it: a token from the TokenRequest API, nothing else granted.
         account = pod["serviceAccountName"]
+        username = f"system:serviceaccount:{release_namespace}:{account}"
         token = control_plane.service_account_token(release_namespace, account)
         kubeconfig = tmp_path / "serviceaccount.kubeconfig"
         kubeconfig.write_text(token_kubeconfig_yaml(
-            control_plane.server, control_plane.ca.cert_pem,
-            f"system:serviceaccount:{release_namespace}:{account}", token, release_namespace))
+            control_plane.server, control_plane.ca.cert_pem, username, token, release_namespace))
         _check_what_the_token_may_do(control_plane, token, namespace, shape)
+        scrape_token = _metrics_reader_token(control_plane, namespace)
         with control_plane.client() as client:
             _apply_samples(client, namespace)
-        # The installed Deployment's own args (less where to listen: 127.0.0.1 in tests), its
-        # ServiceAccount, and what the pod would get from the downward API.
+        # Two replicas with the installed Deployment's own args (less where to listen: 127.0.0.1
+        # in tests), its ServiceAccount, and what each pod would get from the downward API.
         args = [a for a in container["args"] if not a.startswith(BIND_FLAGS)]
-        pod_name = f"{RELEASE}-{uuid.uuid4().hex[:5]}"
-        with ReconcilerProcess(kubeconfig, None, *args,
-                               env={"POD_NAME": pod_name, "POD_NAMESPACE": release_namespace}
-                               ) as reconciler, control_plane.client() as client:
-            reconciler.start()
-            try:
-                wait_for(lambda: _samples_converged(client, namespace), 60,
-                         "the reconciler, as the chart's ServiceAccount, to converge the samples")
-            except ControlPlaneError as error:
-                raise AssertionError(f"{error}; its log:\n{reconciler.log_text()[-4000:]}") from error
-            lease = client.get(f"/apis/coordination.k8s.io/v1/namespaces/{release_namespace}/"
-                               "leases/nimbus-kubearmor-leader").json()
-            assert lease["spec"]["holderIdentity"] == pod_name
-            assert "forbidden" not in reconciler.log_text().lower(), reconciler.log_text()
-            assert reconciler.stop(signal.SIGTERM) == 0, reconciler.log_text()
+        mark = len(control_plane.audit_events())
+        replicas = [ReconcilerProcess(kubeconfig, None, *args, metrics_token=scrape_token,
+                                      env={"POD_NAME": f"{RELEASE}-{uuid.uuid4().hex[:5]}",
+                                           "POD_NAMESPACE": release_namespace})
+                    for _ in range(2)]
+        with replicas[0] as a, replicas[1] as b, control_plane.client() as client:
+            exercise(a, b, control_plane, namespace, release_namespace,
+                     lambda: _samples_converged(client, namespace), "web")
+        requests = requests_by(control_plane, username, mark)
+        print(f"{len(requests)} requests by {username}")
+        assert privilege_problems(requests, grants(manifest, (release_namespace, account)),
+                                  KEPT) == []
 
         helm("uninstall", RELEASE, "-n", release_namespace)
         installed = False
@@ -431,6 +482,20 @@ def test_install_converge_as_its_service_account_and_uninstall(
             helm("uninstall", RELEASE, "-n", release_namespace, check=False)
 
 
+def _metrics_reader_token(control_plane: LocalControlPlane, namespace: str) -> str:
+    """A token of a ServiceAccount bound to the release's metrics-reader, as NOTES.txt says."""
+    with control_plane.client() as client:
+        client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                    json={"metadata": {"name": "metrics-reader"}}).raise_for_status()
+        client.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json={
+            "metadata": {"generateName": f"{RELEASE}-metrics-reader-"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": f"{RELEASE}-metrics-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "metrics-reader",
+                          "namespace": namespace}]}).raise_for_status()
+    return control_plane.service_account_token(namespace, "metrics-reader")
+
+
 def _check_what_the_token_may_do(control_plane: LocalControlPlane, token: str, namespace: str,
                                  shape: str) -> None:
     cluster_wide = 200 if shape == "cluster-wide" else 403
@@ -444,3 +509,7 @@ def _check_what_the_token_may_do(control_plane: LocalControlPlane, token: str, n
         assert client.get(nimbus_policies("default")).status_code == cluster_wide
         assert client.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
         assert client.delete(f"{nimbus_policies(namespace)}/web").status_code == 403
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": {"token": "not-a-token"}}  # secure /metrics asks these, in both shapes
+        assert client.post("/apis/authentication.k8s.io/v1/tokenreviews",
+                           json=review).status_code == 201

@@ -1,6 +1,9 @@
 """Two replicas with --leader-elect (client-go's defaults: 15 s lease, 10 s renew deadline,
 2 s retry): only the leader writes; SIGKILL of the leader hands over within the lease duration;
-SIGTERM releases the Lease and the standby takes over within 2 s."""
+SIGTERM releases the Lease and the standby takes over within 2 s. Through the fault proxy: a
+leader steps down at the first sight of another holder; a renewal answered late does not
+stretch the leader's belief past the standby's; a write answered 504 (it may have landed) keeps
+the Lease from being released early."""
 
 from __future__ import annotations
 
@@ -10,17 +13,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import kr8s.asyncio
+import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from reconciler.kube import KubeClient
+from reconciler.leaderelection import LeaderElectionConfig, LeaderElector
+from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.conftest import writes_by
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
-from tests.faultproxy import Delay, FaultProxy, Rule
+from tests.faultproxy import Delay, FaultProxy, Lost, Rule, SlowAnswer, Stall
 from tests.process import ReconcilerProcess
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "nimbus-kubearmor-leader"
+LEASE_RULES = yaml.safe_load((REPO / "config" / "rbac" / "leader_election_role.yaml").read_text()
+                             )["rules"]
+# 6 s lease, 4 s renew deadline, 1 s retry: client-go's proportions, faster
+FAST = ("--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s",
+        "--leader-elect-retry-period", "1s")
 
 
 def replica(control_plane: LocalControlPlane, name: str, namespace: str, *args: str,
@@ -91,23 +107,26 @@ def _received(event: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
 
 
+@pytest.mark.parametrize("slow_write", [Delay(3.0, lands_anyway=True), Lost(lands_after=3.0)],
+                         ids=["cancelled", "answered-504"])
+@pytest.mark.anyio  # at collection, for the anyio plugin to parametrize its backend with these
 async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
-        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane) -> None:
-    """SIGTERM while the leader's writes are slow to land (a slow webhook or etcd: a request
-    sent is as good as applied, whether or not its client waits). The leader takes no new keys,
-    gives its reconciles the grace period, cancels the rest and, since a cancelled write may
-    still land, does not hand the Lease over early: the standby takes it when it expires."""
-    fast = ("--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s",
-            "--leader-elect-retry-period", "1s")
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        slow_write: Delay | Lost) -> None:
+    """SIGTERM while the leader's writes are slow to land (a request sent is as good as applied,
+    whatever its client hears): a slow webhook or etcd, so the leader cancels what is still
+    under way after the grace period; or a gateway that answers 504 at once and passes the
+    request on all the same. The leader takes no new keys, gives its reconciles the grace
+    period, cancels the rest and, since a cancelled write or one answered 5xx may still land,
+    does not hand the Lease over early: the standby takes it when it expires."""
     with FaultProxy.for_control_plane(control_plane, as_user="slow-a") as proxy, \
-            replica(control_plane, "slow-a", namespace, *fast, server=proxy.url) as a, \
-            replica(control_plane, "slow-b", namespace, *fast) as b:
+            replica(control_plane, "slow-a", namespace, *FAST, server=proxy.url) as a, \
+            replica(control_plane, "slow-b", namespace, *FAST) as b:
         a.start()
         wait_for(lambda: holder(control_plane, namespace) == "slow-a", 30, "a to lead")
         b.start()
         wait_for(b.ready, 30, "the standby to be ready")
-        slow = proxy.add(Rule(Delay(3.0, lands_anyway=True), kind="write", method="POST",
-                              path="/kubearmorpolicies"))
+        slow = proxy.add(Rule(slow_write, kind="write", method="POST", path="/kubearmorpolicies"))
         mark = len(control_plane.audit_events())
         await create_nimbus_policy(api, namespace, "slow", [rule("escapeToHost")])
         wait_for(lambda: slow.hits >= 1, 30, "a's first create to be on its way")
@@ -122,8 +141,109 @@ async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
         old = writes_by(control_plane, "slow-a", mark)
         new = writes_by(control_plane, "slow-b", mark)
         last_old, first_new = max(map(_received, old)), min(map(_received, new))
-        print(f"{slow.hits} slow creates; the old leader's last write "
+        print(f"{slow.hits} slow creates ({slow_write.name}); the old leader's last write "
               f"{(first_new - last_old).total_seconds():.2f}s before the new leader's first")
         assert last_old < first_new, [(e["verb"], e["objectRef"].get("resource"),
                                        e["requestReceivedTimestamp"]) for e in old]
         assert "not releasing the lease" in a.log_text()
+
+
+# --- through the fault proxy ----------------------------------------------------------------------
+
+
+async def elector(control_plane: LocalControlPlane, namespace: str, identity: str,
+                  server: str | None = None) -> LeaderElector:
+    """A LeaderElector in this event loop for the Lease "held", as `identity` (a user granted the
+    Lease Role in `namespace`), talking to the API server at `server` (a proxy) or directly,
+    with FAST's timings."""
+    control_plane.grant_in_namespace(identity, namespace, LEASE_RULES)
+    api = await kr8s.asyncio.api(kubeconfig=str(
+        control_plane.identity_kubeconfig(identity, server=server)))
+    return LeaderElector(KubeClient(api), LeaderElectionConfig(
+        namespace=namespace, name="held", identity=identity, lease_duration=6.0,
+        renew_deadline=4.0, retry_period=1.0), Metrics(CollectorRegistry()))
+
+
+def take_lease(control_plane: LocalControlPlane, namespace: str, identity: str) -> None:
+    """Write `identity` into the Lease "held" as its holder, as another candidate that won it
+    would (a forced takeover: its clock, or its lease duration, differs from ours)."""
+    url = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/held"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with control_plane.client() as admin:
+        while True:
+            lease = admin.get(url).json()
+            lease["spec"].update({"holderIdentity": identity, "leaseDurationSeconds": 60,
+                                  "acquireTime": now, "renewTime": now})
+            response = admin.put(url, json=lease)
+            if response.status_code != 409:  # the leader renewed meanwhile: read it again
+                response.raise_for_status()
+                return
+
+
+async def test_the_leader_steps_down_at_the_first_sight_of_another_holder(
+        namespace: str, control_plane: LocalControlPlane) -> None:
+    """client-go: a renewal that finds another holder fails, and the leader stops. Here the
+    leader reads the Lease once after another candidate took it, and gives up there and then,
+    rather than retrying (and writing, as the leader) until its renew deadline."""
+    with FaultProxy.for_control_plane(control_plane, as_user="seer") as proxy:
+        leader = await elector(control_plane, namespace, "seer", proxy.url)
+        await leader.acquire()
+        renewing: list[bool] = []
+
+        async def renew() -> None:
+            renewing.append(await leader.keep_renewing())
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(renew)
+            # the leader's Lease requests wait at the proxy while the Lease is taken, so each
+            # one this rule lets through reaches the API server after it was
+            after = proxy.add(Rule(Stall(), path="/leases/held"))
+            take_lease(control_plane, namespace, "someone-else")
+            after.release()
+            await eventually(lambda: renewing, 8, "the leader to give up")
+            tasks.cancel_scope.cancel()
+    reads = proxy.requests(kind="get", rule=after)
+    writes = proxy.requests(kind="write", rule=after)
+    assert renewing == [False] and not leader.is_leader
+    # one read showed another holder: no second look, no renewal (one sent on what it read
+    # before is refused: the Lease has changed since)
+    assert len(reads) == 1 and all(w.status == 409 for w in writes), \
+        (len(reads), [w.status for w in writes])
+
+
+async def test_a_renewal_answered_late_does_not_stretch_the_leaders_belief(
+        namespace: str, control_plane: LocalControlPlane) -> None:
+    """The leader's renewal lands at once but its answer comes 2.5 s late (within the renew
+    deadline of the try), and every later request for the Lease hangs. The standby saw the
+    renewal land and takes the Lease when it expires, 6 s after. The leader counts its renew
+    deadline (4 s) from when that renewal was sent, so it has given up 2 s before; counted from
+    when the answer came it would believe it leads (and write) until 6.5 s."""
+    with FaultProxy.for_control_plane(control_plane, as_user="late-a") as proxy:
+        leader = await elector(control_plane, namespace, "late-a", proxy.url)
+        standby = await elector(control_plane, namespace, "late-b")
+        await leader.acquire()
+        lost_at: list[float] = []
+        acquired_at: list[float] = []
+
+        async def lead() -> None:
+            assert not await leader.keep_renewing()
+            lost_at.append(time.monotonic())
+
+        async def stand_by() -> None:
+            await standby.acquire()
+            acquired_at.append(time.monotonic())
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stand_by)
+            slow = proxy.add(Rule(SlowAnswer(2.5), kind="write", method="PUT", path="/leases/held",
+                                  times=1))
+            tasks.start_soon(lead)
+            await eventually(lambda: slow.hits, 5, "a renewal on its way")
+            proxy.add(Rule(Stall(), path="/leases/held"))  # what the leader asks next: no answer
+            await eventually(lambda: lost_at and acquired_at, 15, "the leader to give up and "
+                             "the standby to take over")
+    (renewal,) = proxy.requests(rule=slow)
+    print(f"the late renewal was sent; the leader gave up {lost_at[0] - renewal.at:.2f}s later, "
+          f"the standby took over {acquired_at[0] - renewal.at:.2f}s later")
+    assert lost_at[0] < acquired_at[0]
+    assert lost_at[0] - renewal.at < 4.0 + 0.5  # the renew deadline, from when it was sent

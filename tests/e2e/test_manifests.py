@@ -4,6 +4,8 @@ alerts are checked against a live reconciler by test_prometheus.py.)"""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,9 @@ def test_default_builds_and_passes_server_side_dry_run(control_plane: LocalContr
     kinds = sorted(d["kind"] for d in documents)
     assert kinds == sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                             "Role", "RoleBinding", "Deployment", "Service", "ServiceMonitor",
-                            "PrometheusRule"])
+                            "PrometheusRule",
+                            # secure /metrics: the reviews it makes, and the role to read it
+                            "ClusterRole", "ClusterRoleBinding", "ClusterRole"])
     for document in documents:
         if document["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert document["metadata"]["namespace"] == SYSTEM, document["kind"]
@@ -85,12 +89,15 @@ def test_rbac_is_least_privilege(control_plane: LocalControlPlane,
     rules = [r for d in kustomize(control_plane, "config/rbac") if d["kind"] in ("ClusterRole", "Role")
              for r in d["rules"]]
     for rule in rules:
-        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-        assert not {"secrets", "configmaps", "pods"} & set(rule["resources"]), rule
-    verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"]
-             for r in rule["resources"]}
-    assert verbs[("intent.security.nimbus.com", "nimbuspolicies")] == {"get", "list", "watch"}
+        assert "*" not in rule["verbs"] + rule.get("resources", []) + rule.get("apiGroups", []) \
+            + rule.get("nonResourceURLs", []), rule
+        assert not {"secrets", "configmaps", "pods"} & set(rule.get("resources", [])), rule
+    verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule.get("apiGroups", [])
+             for r in rule.get("resources", [])}
+    assert verbs[("intent.security.nimbus.com", "nimbuspolicies")] == {"list", "watch"}
     assert verbs[("intent.security.nimbus.com", "nimbuspolicies/status")] == {"patch"}
+    assert verbs[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    assert verbs[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}
     with control_plane.client_as(RECONCILER_USER) as client:
         assert client.get("/api/v1/secrets").status_code == 403
         assert client.get("/api/v1/namespaces/default/secrets").status_code == 403
@@ -122,3 +129,31 @@ def test_deployment_is_hardened(control_plane: LocalControlPlane) -> None:
 def test_service_monitor_scrapes_the_metrics_service(control_plane: LocalControlPlane) -> None:
     documents = kustomize(control_plane, "config/default")
     assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
+    (monitor,) = [d for d in documents if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}
+
+
+def test_a_mounted_metrics_certificate(control_plane: LocalControlPlane, tmp_path: Path) -> None:
+    """config/'s commented patches, uncommented as its comments say: the reconciler serves the
+    Secret's certificate and the ServiceMonitor verifies it with that Secret's CA."""
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "config", config)
+    for path in ("default/kustomization.yaml", "prometheus/kustomization.yaml"):
+        text = (config / path).read_text()
+        assert "#patches:" in text, path
+        (config / path).write_text(re.sub(r"^#(patches:|[- ] )", r"\1", text, flags=re.M))
+    built = subprocess.run([str(control_plane.assets.binary("kubectl")), "kustomize",
+                            str(config / "default")], capture_output=True, text=True, check=True)
+    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
+    (monitor,) = [d for d in documents if d["kind"] == "ServiceMonitor"]
+    tls = monitor["spec"]["endpoints"][0]["tlsConfig"]
+    assert tls["insecureSkipVerify"] is False
+    assert tls["serverName"] == f"nimbus-kubearmor-metrics.{SYSTEM}.svc"
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-cert-path=/tmp/k8s-metrics-server/metrics-certs" in container["args"]
+    with control_plane.client() as client:
+        response = client.post(api_path(control_plane, deployment), params={"dryRun": "All"},
+                               json=deployment)
+        assert response.status_code == 201, response.text

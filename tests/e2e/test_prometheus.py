@@ -1,5 +1,8 @@
 """Prometheus, for real, against a running reconciler: Debian's prometheus on 127.0.0.1 scrapes
-the reconciler every second, with the alerting rules loaded, while a workload like the demo's
+the reconciler every second, as config/'s ServiceMonitor has it (HTTPS, insecureSkipVerify, the
+token of a ServiceAccount bound to config/rbac's metrics-reader; the reconciler reviews it with
+the API server, and the audit log shows one review of each for the whole run), with the
+alerting rules loaded, while a workload like the demo's
 runs (policies created, a bad rule, a policy edited and one deleted by hand, creates that
 admission refuses in a second namespace, every watch cut by the fault proxy it talks through).
 Then every PromQL expression of grafana/*.json
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,10 @@ import pytest
 import yaml
 
 from tests.controlplane.launcher import LocalControlPlane, wait_for
-from tests.e2e.conftest import RECONCILER_USER
+from tests.e2e.conftest import RECONCILER_USER, grant_metrics_auth, metrics_reader_token
 from tests.e2e.nimbus import create_nimbus_policy, kubearmor_policies, rule
 from tests.e2e.refusals import admission_denies, ksp_probe, make_namespace
+from tests.e2e.test_metrics_auth import reviews_by
 from tests.faultproxy import FaultProxy
 from tests.process import ReconcilerProcess
 from tests.prometheus import dashboards
@@ -34,6 +39,7 @@ from tests.prometheus.promql import (
 )
 from tests.prometheus.rules import alerts, rule_groups, write_rule_file
 from tests.prometheus.server import PrometheusServer, PromQLError
+from tests.prometheus.servicemonitor import scrape_config as operator_scrape_config
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "nimbus-kubearmor-metrics"  # a ServiceMonitor target's job: the metrics Service's name
@@ -65,11 +71,16 @@ def through(proxy: FaultProxy, kubeconfig: Path, directory: Path) -> Path:
     return path
 
 
-def scrape_config(reconciler: ReconcilerProcess, namespace: str) -> dict[str, Any]:
-    """The target as the Prometheus operator makes it from the ServiceMonitor."""
-    return {"job_name": JOB, "static_configs": [{
-        "targets": [f"127.0.0.1:{reconciler.metrics_port}"],
-        "labels": {"namespace": namespace, "service": JOB, "pod": POD, "endpoint": "http-metrics"}}]}
+def scrape_config(reconciler: ReconcilerProcess, namespace: str, token_file: Path
+                  ) -> dict[str, Any]:
+    """The target as the Prometheus operator makes it from config/'s ServiceMonitor (the
+    token its bearerTokenFile names read from `token_file`)."""
+    monitor = yaml.safe_load((REPO / "config/prometheus/monitor.yaml").read_text())
+    (endpoint,) = monitor["spec"]["endpoints"]
+    return operator_scrape_config(
+        endpoint, JOB, f"127.0.0.1:{reconciler.metrics_port}",
+        {"namespace": namespace, "service": JOB, "pod": POD, "endpoint": endpoint["port"]},
+        token_file=str(token_file))
 
 
 def sample(scrape: str, name: str) -> float:
@@ -196,16 +207,21 @@ async def test_dashboards_and_alerts_on_a_live_reconciler(
     assert set(SHOWN) <= queries, set(SHOWN) - queries  # a renamed panel is not silently skipped
     control_plane.grant_in_namespace(RECONCILER_USER, namespace, yaml.safe_load(
         (REPO / "config/rbac/leader_election_role.yaml").read_text())["rules"])
+    grant_metrics_auth(control_plane)
+    token = metrics_reader_token(control_plane, namespace)
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
     rules = write_rule_file(rule_groups(), tmp_path / "rules.yaml")
     denied = make_namespace(control_plane, "e2e-denied")  # where creating policies is refused
     with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as proxy, \
             ReconcilerProcess(through(proxy, reconciler_kubeconfig, tmp_path), namespace,
-                              "--namespace", denied, "--leader-elect",
+                              "--namespace", denied, "--leader-elect", metrics_token=token,
                               env={"POD_NAME": POD, "POD_NAMESPACE": namespace}) as reconciler:
+        mark, started = len(control_plane.audit_events()), time.monotonic()
         reconciler.start()
         async with contextlib.AsyncExitStack() as stack:
             prometheus = stack.enter_context(
-                PrometheusServer([scrape_config(reconciler, namespace)], [rules]))
+                PrometheusServer([scrape_config(reconciler, namespace, token_file)], [rules]))
             await stack.enter_async_context(admission_denies(  # while Prometheus discovers (5 s)
                 control_plane, namespace=denied, group="security.kubearmor.com",
                 resource="kubearmorpolicies", operations=("CREATE",), probe=ksp_probe(denied)))
@@ -237,3 +253,13 @@ async def test_dashboards_and_alerts_on_a_live_reconciler(
                 wait_for(settled, 30, "every query to show the workload", interval=0.5)
             except Exception:
                 pytest.fail("\n".join(last))
+
+            # Scrapes every second, for one review of each: the decisions are remembered for a
+            # minute (one more per minute, should the run last longer).
+            ((_, scraped),) = prometheus.query(f'sum(sum_over_time(up{{job="{JOB}"}}[10m]))')
+            reviews = reviews_by(control_plane, RECONCILER_USER, mark)
+            minutes = (time.monotonic() - started) / 60
+            print(f"{scraped:.0f} scrapes in {minutes * 60:.0f} s cost {dict(reviews)}")
+            assert scraped >= 5
+            assert set(reviews) == {"tokenreviews", "subjectaccessreviews"}, reviews
+            assert max(reviews.values()) <= 1 + int(minutes), reviews

@@ -2,8 +2,11 @@
 Helm chart's `helm template`): the monitor selects the metrics Service by its labels, in a
 namespace it looks in; the endpoint's port name is one of that Service's ports; the port's
 targetPort is a container port of the pods the Service selects, the one the reconciler serves
-/metrics on; and the job Prometheus will give the targets is the one the alerts and dashboards
-select."""
+/metrics on; the endpoint scrapes as the reconciler serves it (HTTPS with a bearer token, and
+either insecureSkipVerify for its self-signed certificate or the CA of the Secret it mounts as
+its certificate; plain HTTP with --metrics-secure=false); and the job Prometheus will give the
+targets is the one the alerts and dashboards select. `scrape_config` turns an endpoint into the
+Prometheus scrape configuration the Prometheus operator generates from it."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from typing import Any
 
 Doc = dict[str, Any]
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
-DEFAULT_METRICS_ADDRESS = ":8080"  # the reconciler's --metrics-bind-address default
+# the reconciler's --metrics-bind-address default, with and without --metrics-secure
+DEFAULT_METRICS_ADDRESS = {True: ":8443", False: ":8080"}
 
 
 def service_monitor_problems(documents: Iterable[Doc], job_patterns: Iterable[str]) -> list[str]:
@@ -66,22 +70,95 @@ def _endpoint_problems(endpoint: Doc, service: Doc, workloads: list[Doc]) -> lis
             problems.append(f"targetPort {target!r} is no container port of {workload['kind']} "
                             f"{workload['metadata']['name']}")
         for container, port in found:
-            served = _metrics_port(container.get("args", []))
+            args = container.get("args", [])
+            served = _metrics_port(args)
             if served != port["containerPort"]:
                 problems.append(f"targetPort {target!r} is container port {port['containerPort']}"
                                 f", but the reconciler serves /metrics on {served}")
+            problems += _security_problems(endpoint, workload, container)
     return problems
 
 
-def _metrics_port(args: list[str]) -> int | None:
-    address = DEFAULT_METRICS_ADDRESS
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of `--name=value` or `--name value` in args (the last one wins)."""
+    value = None
     for index, arg in enumerate(args):
-        if arg.startswith("--metrics-bind-address="):
-            address = arg.split("=", 1)[1]
-        elif arg == "--metrics-bind-address" and index + 1 < len(args):
-            address = args[index + 1]
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        elif arg == f"--{name}":
+            value = "true"
+    return value
+
+
+def _secure(args: list[str]) -> bool:
+    return (_flag(args, "metrics-secure") or "true").lower() not in ("false", "f", "0")
+
+
+def _metrics_port(args: list[str]) -> int | None:
+    address = _flag(args, "metrics-bind-address") or DEFAULT_METRICS_ADDRESS[_secure(args)]
     port = address.rpartition(":")[2]
     return int(port) if address not in ("0", "") and port.isdigit() else None
+
+
+def _security_problems(endpoint: Doc, workload: Doc, container: Doc) -> list[str]:
+    """Whether the endpoint scrapes /metrics the way the container serves it."""
+    args = container.get("args", [])
+    scheme = endpoint.get("scheme", "http")
+    if not _secure(args):
+        return [] if scheme == "http" else [f"scheme {scheme}, but /metrics is plain HTTP"]
+    if scheme != "https":
+        return [f"scheme {scheme}, but /metrics is served over HTTPS"]
+    problems = []
+    if not (endpoint.get("bearerTokenFile") or endpoint.get("authorization")
+            or endpoint.get("bearerTokenSecret")):
+        problems.append("no bearer token: /metrics answers 401 without one")
+    tls = endpoint.get("tlsConfig") or {}
+    ca_secret = ((tls.get("ca") or {}).get("secret") or {}).get("name")
+    mounted = _mounted_certificate_secret(workload, container)
+    if tls.get("insecureSkipVerify"):
+        return problems
+    if ca_secret is None:
+        problems.append("tlsConfig neither skips verification nor names a CA: the "
+                        "reconciler's certificate cannot be verified")
+    elif ca_secret != mounted:
+        problems.append(f"tlsConfig's CA is from Secret {ca_secret!r}, but the reconciler's "
+                        f"certificate is {'self-signed' if mounted is None else repr(mounted)}")
+    return problems
+
+
+def _mounted_certificate_secret(workload: Doc, container: Doc) -> str | None:
+    """The Secret whose volume is mounted at the container's --metrics-cert-path, if any."""
+    path = _flag(container.get("args", []), "metrics-cert-path")
+    mounts = {m["name"] for m in container.get("volumeMounts", [])
+              if path is not None and m["mountPath"].rstrip("/") == path.rstrip("/")}
+    for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+        if volume["name"] in mounts and "secret" in volume:
+            return str(volume["secret"]["secretName"])
+    return None
+
+
+def scrape_config(endpoint: Doc, job: str, target: str, labels: dict[str, str],
+                  token_file: str | None = None, ca_file: str | None = None) -> dict[str, Any]:
+    """The Prometheus scrape configuration the Prometheus operator makes of a ServiceMonitor
+    endpoint, for one target: the token read from `token_file` (the endpoint's bearerTokenFile
+    is a path in the Prometheus pod) and the CA from `ca_file` (its secret, as the operator
+    mounts it)."""
+    config: dict[str, Any] = {
+        "job_name": job, "metrics_path": endpoint.get("path", "/metrics"),
+        "scheme": endpoint.get("scheme", "http"),
+        "static_configs": [{"targets": [target], "labels": labels}]}
+    if endpoint.get("bearerTokenFile"):
+        config["authorization"] = {"type": "Bearer", "credentials_file": token_file}
+    tls = endpoint.get("tlsConfig")
+    if tls:
+        config["tls_config"] = {"insecure_skip_verify": bool(tls.get("insecureSkipVerify"))}
+        if tls.get("serverName"):
+            config["tls_config"]["server_name"] = tls["serverName"]
+        if tls.get("ca"):
+            config["tls_config"]["ca_file"] = ca_file
+    return config
 
 
 def _namespace(document: Doc) -> str | None:

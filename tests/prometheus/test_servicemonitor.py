@@ -62,6 +62,17 @@ BREAKS: dict[str, tuple[Callable[[Docs], None], str]] = {
             "job 'metrics' does not match '.*nimbus-kubearmor.*'"),
     "path": (lambda d: of(d, "ServiceMonitor")["spec"]["endpoints"][0].update(
         {"path": "/stats"}), "endpoint path /stats is not /metrics"),
+    "scheme": (lambda d: of(d, "ServiceMonitor")["spec"]["endpoints"][0].pop("scheme"),
+               "scheme http, but /metrics is served over HTTPS"),
+    "token": (lambda d: of(d, "ServiceMonitor")["spec"]["endpoints"][0].pop("bearerTokenFile"),
+              "no bearer token"),
+    "tls": (lambda d: of(d, "ServiceMonitor")["spec"]["endpoints"][0].pop("tlsConfig"),
+            "neither skips verification nor names a CA"),
+    "plain": (lambda d: container(d)["args"].append("--metrics-secure=false"),
+              "scheme https, but /metrics is plain HTTP"),
+    "CA": (lambda d: of(d, "ServiceMonitor")["spec"]["endpoints"][0].update({"tlsConfig": {
+        "ca": {"secret": {"name": "metrics-cert", "key": "ca.crt"}}}}),
+           "CA is from Secret 'metrics-cert', but the reconciler's certificate is self-signed"),
 }
 
 
@@ -73,6 +84,16 @@ def test_each_break_is_reported(name: str) -> None:
     breaking(documents)
     problems = service_monitor_problems(documents, job_patterns(rule_groups()))
     assert any(reported in problem for problem in problems), problems
+
+
+def test_plain_http_scraped_plainly() -> None:
+    documents = copy.deepcopy(rendered())
+    container(documents)["args"][1:2] = ["--metrics-bind-address=:8080", "--metrics-secure=false"]
+    container(documents)["ports"][0]["containerPort"] = 8080
+    endpoint = of(documents, "ServiceMonitor")["spec"]["endpoints"][0]
+    for field in ("scheme", "bearerTokenFile", "tlsConfig"):
+        del endpoint[field]
+    assert service_monitor_problems(documents, job_patterns(rule_groups())) == []
 
 
 def test_any_namespace_and_a_job_label() -> None:

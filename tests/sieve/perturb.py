@@ -27,10 +27,10 @@ from tests.faultproxy import (
     FaultProxy,
     Gate,
     Hold,
-    LateAnswer,
-    LoseAnswer,
     Pass,
+    ResetAnswered,
     Rule,
+    SlowAnswer,
     Stall,
     Steer,
     Verdict,
@@ -152,7 +152,7 @@ class Crash(Perturbation):
     """SIGKILL right after the API server answers the write; its answer never arrives."""
 
     def install(self) -> None:
-        self._write_rule(LoseAnswer(then=self._kill))
+        self._write_rule(ResetAnswered(then=self._kill))
 
     def _kill(self, exchange: Exchange) -> None:  # in the proxy's thread
         self.context.kill()
@@ -172,7 +172,7 @@ class Gone(Perturbation):
         await until(lambda: proxy.requests(rule=held))
         self.reached = True
         late = self._gate(Gate())
-        page = proxy.add(Rule(LateAnswer(late), kind="list", path=f"/{self.resource}", times=1,
+        page = proxy.add(Rule(SlowAnswer(until=late), kind="list", path=f"/{self.resource}", times=1,
                               where=lambda e: "continue=" not in e.query))
         if not proxy.end_open(path=f"/{self.resource}"):
             self.notes.append("no watch was open to end")

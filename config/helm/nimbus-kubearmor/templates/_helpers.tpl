@@ -30,10 +30,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* Exactly what the reconciler does (config/rbac/role.yaml; a test keeps them equal). */}}
 {{- define "nimbus-kubearmor.rules" -}}
-# Reads every NimbusPolicy (list + watch into its cache).
+# Reads every NimbusPolicy (list + watch into its cache; it never reads one by name).
 - apiGroups: [intent.security.nimbus.com]
   resources: [nimbuspolicies]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # Writes its part of a NimbusPolicy's status (merge patch on /status).
 - apiGroups: [intent.security.nimbus.com]
   resources: [nimbuspolicies/status]
@@ -43,11 +43,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [intent.security.nimbus.com]
   resources: [nimbuspolicies/finalizers]
   verbs: [update]
-# Creates, repairs and deletes the KubeArmorPolicies it owns.
+# Watches every KubeArmorPolicy (list + watch into its cache); creates, repairs and deletes
+# the ones it owns.
 - apiGroups: [security.kubearmor.com]
   resources: [kubearmorpolicies]
-  verbs: [get, list, watch, create, patch, delete]
-# Reports bad input as Events on the NimbusPolicy, reading first which it already posted.
+  verbs: [list, watch, create, patch, delete]
+# Reports bad input as Events on the NimbusPolicy, reading first which it already posted (a
+# list in the NimbusPolicy's namespace, selected by its uid).
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
@@ -57,4 +59,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - kind: ServiceAccount
   name: {{ include "nimbus-kubearmor.serviceAccountName" . }}
   namespace: {{ .Release.Namespace }}
+{{- end -}}
+
+{{/* The metrics port's name: what it speaks. */}}
+{{- define "nimbus-kubearmor.metricsPortName" -}}
+{{- if .Values.metricsSecure }}https-metrics{{ else }}http-metrics{{ end -}}
+{{- end -}}
+
+{{/* Where a metrics certificate Secret is mounted (kubebuilder's path). */}}
+{{- define "nimbus-kubearmor.metricsCertPath" -}}
+/tmp/k8s-metrics-server/metrics-certs
 {{- end -}}
