@@ -1,6 +1,6 @@
-"""A fixed sample of the perturbation harness's points (tests/sieve/; `make sieve` runs every
-point of the reference workload): one reference run, then one run per point, each judged by the
-differential oracle against the reference's end and the pure builder.
+"""A fixed sample of the perturbation harness's points, one of each kind (tests/sieve/; `make
+sieve` runs every point of the reference workload): one reference run, then one run per point,
+each judged by the differential oracle against the reference's end and the pure builder.
 
 Points that find a known defect are strict xfails naming it, and fail only on its symptom: once
 the defect is fixed they pass, and strict makes that a failure to notice (remove the mark then).
@@ -35,9 +35,8 @@ SAMPLE: list[tuple[str, tuple[str, str] | None]] = [
     ("crash@create/kubearmorpolicies/np-b-escapetohost-disallowcapabilities#1", None),
     # np-a's deletion never seen: the new np-a of the same name replaces it in the cache
     ("drop@DELETED/nimbuspolicies/np-a#1", None),
-    # a 410 while our create is in flight, the LIST served before it and read after its answer
-    ("gone@create/kubearmorpolicies/np-c-dnsmanipulation#1", None),
-    # ... while our DELETE is in flight: the LIST puts the deleted policy back
+    # a 410 while our DELETE is in flight, the LIST served before it and read after its
+    # answer: the LIST puts the deleted policy back
     ("gone@delete/kubearmorpolicies/np-a-swdeploymenttools#1", DEFECT_2),
     # the relist's LIST served after our create was answered and the policy deleted by a user
     ("straddle1@create/kubearmorpolicies/np-b-escapetohost-disallowchroot#1", DEFECT_1),
