@@ -211,8 +211,8 @@ async def run(cp: LocalControlPlane, user: str, point: Point | None, settings: S
                 context = Context(proxy, api, namespace, reconciler.kill, settings.hold_limit)
                 perturbing = perturbation(point, context) if point is not None else None
                 try:
-                    return await _run(cp, api, proxy, namespace, reconciler, perturbing,
-                                      settings, reference, started, str(point or "reference"))
+                    return await _run(api, proxy, namespace, reconciler, perturbing, settings,
+                                      reference, started, str(point or "reference"))
                 finally:
                     if isinstance(reconciler, AsProcess):
                         reconciler.close()
@@ -220,7 +220,7 @@ async def run(cp: LocalControlPlane, user: str, point: Point | None, settings: S
             await api.delete(f"/api/v1/namespaces/{namespace}")
 
 
-async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy, namespace: str,
+async def _run(api: httpx.AsyncClient, proxy: FaultProxy, namespace: str,
                reconciler: InLoop | AsProcess, perturbing: Perturbation | None,
                settings: Settings, reference: Reference | None, started: float,
                name: str) -> Outcome | Reference:
@@ -232,8 +232,7 @@ async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy,
     await workload.setup()
     if perturbing is not None:
         perturbing.install()
-    await reconciler.start()
-    orchestration = asyncio.create_task(perturbing.orchestrate()) if perturbing else None
+    orchestration: asyncio.Task[None] | None = None
 
     async def settle(step: str) -> None:
         """Until the cluster is as the builder says: within step_timeout seconds of the
@@ -262,6 +261,9 @@ async def _run(cp: LocalControlPlane, api: httpx.AsyncClient, proxy: FaultProxy,
             await asyncio.sleep(0.05)
 
     try:
+        await reconciler.start()
+        if perturbing is not None:
+            orchestration = asyncio.create_task(perturbing.orchestrate())
         await settle("setup")
         for step, act in workload.steps():
             steps.append((step, time.monotonic()))
