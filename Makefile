@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SIEVE_ARGS ?=
 IMG ?= ghcr.io/nimbus-kubearmor/reconciler
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # docker when it reaches an engine, else podman (which needs none)
@@ -13,7 +14,7 @@ CONTAINER_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo pod
 BASE_IMAGE ?= debian
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak sieve lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,6 +79,9 @@ lock: $(UV) ## Update uv.lock after a change to pyproject.toml (LOCK_ARGS=--upgr
 
 soak: controlplane ## A long seeded randomized soak on its own control plane (SOAK_STEPS, SOAK_ARGS=--seed N)
 	$(PY) -m tests.soak $(SOAK_ARGS)
+
+sieve: controlplane ## Every perturbation point of the reference workload, after Sieve, on its own control plane (SIEVE_ARGS="--point P", --kind K)
+	$(PY) -m tests.sieve $(SIEVE_ARGS)
 
 bench: controlplane ## Benchmarks: print figures, write tests/bench/results.json (BENCH_SCALE, BENCH_ARGS=--quick)
 	$(PY) -m tests.bench $(BENCH_ARGS)

@@ -23,7 +23,9 @@ Rules are tried in the order they were added; the first that matches the request
 left answers it, else the request is forwarded unchanged. Matching: `kind` ("list", "watch",
 "get", "write", "other" for discovery and other non-resource paths, "any"), `method`, a `path`
 regex (searched, not anchored; the query string is not part of it), `user_token` (the exact
-bearer token) and `when` (any predicate on the aiohttp request). Budget: `after=K` lets the
+bearer token), `when` (any predicate on the aiohttp request) and `where` (a predicate on the
+`Exchange` being logged, its `body` included: to match writes by content; it is called under the
+proxy's lock, in the order requests arrive, so it may count them). Budget: `after=K` lets the
 first K matching requests through to the next rules, `times=N` answers the N following ones,
 `window=(start, end)` limits it to seconds since the rule was added.
 
@@ -36,7 +38,8 @@ Answers (the `answer` of a Rule):
   Stall()                         hold the request until `release()` (then forward) or until the
                                   client gives up
   Delay(seconds)                  wait, then forward
-  SlowAnswer(seconds)             forward at once, pass the answer on `seconds` later
+  SlowAnswer(seconds, until=gate)  forward at once, pass the answer on `seconds` later and not
+                                  before gate.release()
   Lost(status, lands_after)       the request lands, the client gets `status` (504) instead of
                                   the API server's answer (a gateway that gave up upstream)
   CloseWatch(after_events=N)      N=0: 200 with an empty watch body, upstream never asked;
@@ -44,6 +47,13 @@ Answers (the `answer` of a Rule):
   ErrorEvent(Status(410), after_events=N)
                                   the watch ends with an ERROR event carrying that Status after
                                   N forwarded events (N=0: upstream never asked)
+  ResetAnswered(then=f)           forward, read the whole answer, call f(exchange) (e.g. SIGKILL
+                                  the client), then reset: the write landed, its answer is lost
+  Steer(decide=f, query=g)        forward with the query rewritten by g(params) (e.g. an older
+                                  resourceVersion); for a watch, f(exchange, WatchEvent) decides
+                                  each event: Pass(), Hold(gate) (late: the stream waits, in
+                                  order, until gate.release()), Drop() (never delivered, the
+                                  stream goes on), Cut() (reset before it), EndWith(Status(410))
 
 Stream answers count "events" as newline-terminated lines of the body (BOOKMARKs included) and
 apply to 200 answers only; other statuses are passed through. A request whose client goes away
@@ -53,11 +63,18 @@ connection is reset, as a direct connection to a stopped API server would fail.
 
 Observing: `proxy.requests(kind=, method=, path=, answer=, rule=)` returns snapshots of every
 request seen (`Exchange`: at, method, path, query, kind, answer, rule, status, forwarded, events,
-reset, cancelled, done); `rule.matched` / `rule.hits` count per rule. Rules act on requests as
-they arrive; `reset_open(kind=, path=, ...)` resets the ones already in flight (open watches).
-`add`, `remove`, `clear`, `release`, `requests` and `reset_open` are thread-safe. `stop()` (or
-leaving the `with`) aborts every open connection, drops held requests unforwarded, and ends the
-thread.
+reset, cancelled, done, finished, rewritten); `rule.matched` / `rule.hits` count per rule. Rules
+act on requests as they arrive; `reset_open(kind=, path=, ...)` resets the ones already in flight
+(open watches).
+`end_open(status, path=)` ends the open watches that match with an ERROR event (410 Expired by
+default), as the API server does when it no longer has their resourceVersion.
+`add`, `remove`, `clear`, `release`, `requests`, `reset_open` and `end_open` are thread-safe.
+
+Recording: a proxy made with `record=True` also keeps, per exchange, the request's `body`, the
+`answer_body` (not of watches) and the `watch_events` passed on to the client (`WatchEvent`: type,
+kind, namespace, name, uid, resource_version, at): what a client sent and what it saw.
+`stop()` (or leaving the `with`) aborts every open connection, drops held requests unforwarded,
+and ends the thread.
 
 Identities: bearer tokens pass through (`control_plane.service_account_kubeconfig(...,
 server=proxy.url)`). The proxy asks clients for no certificate, so for certificate identities it
@@ -78,6 +95,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -104,6 +122,7 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
 KINDS = frozenset({"list", "watch", "get", "write", "other", "any"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FLUSH_TIMEOUT = 2.0
+_RECORDED_BODY = 1 << 20  # of an answer, with record=True
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -166,11 +185,10 @@ class ResetAfter:
 
 
 @attrs.define(eq=False)
-class Stall:
-    """Hold the request, unanswered, until `release()` (then forward it) or the client leaves.
-    Once released it lets every later request through at once."""
+class Gate:
+    """Closed until `release()` (from any thread), then open for good; `wait()` from any event
+    loop. What `Stall` holds requests on and `Hold` holds watch events on."""
 
-    name = "stall"
     _released: bool = attrs.field(default=False, init=False)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = attrs.field(
         factory=list, init=False)
@@ -203,6 +221,14 @@ class Stall:
                 self._waiters.remove((loop, future))
 
 
+@attrs.define(eq=False)
+class Stall(Gate):
+    """Hold the request, unanswered, until `release()` (then forward it) or the client leaves.
+    Once released it lets every later request through at once."""
+
+    name = "stall"
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -222,9 +248,11 @@ class Delay:
 @attrs.frozen
 class SlowAnswer:
     """Forward at once (the API server applies the request at once), and pass its answer on
-    only `seconds` later: the client learns late what has long been done."""
+    only `seconds` later, and (with `until`) not before that gate is released: the client
+    learns late what has long been done (a LIST served now and read after later writes)."""
 
-    seconds: float
+    seconds: float = 0.0
+    until: Gate | None = None
     name = "slow-answer"
 
 
@@ -260,8 +288,89 @@ class ErrorEvent:
     name = "error-event"
 
 
+@attrs.frozen
+class ResetAnswered:
+    """Forward, read the API server's whole answer, call `then(exchange)` (in the proxy's thread:
+    e.g. SIGKILL the client), then reset the client's connection instead of answering: the
+    request landed, its answer never arrives (a client killed right after the server answered)."""
+
+    then: Callable[[Exchange], None] | None = None
+    name = "reset-answered"
+
+
+# What a Steer's `decide` says about one watch event.
+@attrs.frozen
+class Pass:
+    """Pass the event on."""
+
+
+@attrs.frozen
+class Hold:
+    """Pass the event on once `gate` is released; the events after it wait behind it (the stream
+    stays open and in order: an event delivered late)."""
+
+    gate: Gate
+
+
+@attrs.frozen
+class Drop:
+    """Never pass the event on; the stream goes on with the next one."""
+
+
+@attrs.frozen
+class Cut:
+    """Reset the connection before the event (it and everything after it never arrive)."""
+
+
+@attrs.frozen
+class EndWith:
+    """End the stream before the event with `{"type": "ERROR", "object": <status>}`."""
+
+    status: Status = Status(410, message="too old resource version (injected by the fault proxy)")
+
+
+Verdict = Pass | Hold | Drop | Cut | EndWith
+
+
+@attrs.frozen
+class WatchEvent:
+    """What a watch event line says, in short (type "" for a line that is not a JSON event)."""
+
+    type: str
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    resource_version: str = ""
+    at: float = 0.0  # time.monotonic() when it was passed on to the client (recorded events)
+
+    @classmethod
+    def parse(cls, line: bytes) -> WatchEvent:
+        try:
+            event = json.loads(line)
+            obj = event.get("object") or {}
+            metadata = obj.get("metadata") or {}
+            return cls(str(event.get("type") or ""), str(obj.get("kind") or ""),
+                       str(metadata.get("namespace") or ""), str(metadata.get("name") or ""),
+                       str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""))
+        except (ValueError, AttributeError):
+            return cls("")
+
+
+@attrs.frozen
+class Steer:
+    """Forward with the query string rewritten by `query` (a function of the query's parameters,
+    returning the ones to send), and for a watch the API server answers 200, ask
+    `decide(exchange, event)` about each event line before passing it on (a `Verdict`). Both are
+    called in the proxy's thread, outside its lock: they may add rules or release gates."""
+
+    decide: Callable[[Exchange, WatchEvent], Verdict] | None = None
+    query: Callable[[dict[str, str]], dict[str, str]] | None = None
+    name = "steer"
+
+
 Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | SlowAnswer | Lost | CloseWatch
-          | ErrorEvent)
+          | ErrorEvent | ResetAnswered | Steer)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -300,6 +409,7 @@ class Rule:
     path: str | None = None
     user_token: str | None = None
     when: Callable[[web.BaseRequest], bool] | None = None
+    where: Callable[[Exchange], bool] | None = None
     times: int | None = None
     after: int = 0
     window: tuple[float, float] | None = None
@@ -324,7 +434,8 @@ class Rule:
             raise TypeError(f"only a Stall can be released, this rule answers {self.answer!r}")
         self.answer.release()
 
-    def _matches(self, request: web.BaseRequest, kind: str, now: float) -> bool:
+    def _matches(self, request: web.BaseRequest, kind: str, now: float,
+                 exchange: Exchange) -> bool:
         if self.kind != "any" and self.kind != kind:
             return False
         if self._methods is not None and request.method not in self._methods:
@@ -336,7 +447,9 @@ class Rule:
             return False
         if self.window is not None and not (self.window[0] <= now - self.added_at < self.window[1]):
             return False
-        return self.when is None or bool(self.when(request))
+        if self.when is not None and not self.when(request):
+            return False
+        return self.where is None or bool(self.where(exchange))
 
     def _take(self) -> bool:
         """Count a match; True if this one is within the budget."""
@@ -366,6 +479,13 @@ class Exchange:
     reset: bool = False  # the proxy reset the client's connection
     cancelled: bool = False  # the client went away before the proxy finished with it
     done: bool = False
+    finished: float | None = None  # time.monotonic() when the proxy was done with it
+    rewritten: str | None = None  # the query string sent upstream, if a Steer changed it
+    # Recorded by a proxy made with record=True (else empty): the request's body, the API
+    # server's answer (not for watches; the first MB), the events passed on to a watch client.
+    body: bytes = b""
+    answer_body: bytes = b""
+    watch_events: list[WatchEvent] = attrs.Factory(list)
 
 
 # --- the proxy --------------------------------------------------------------------------------
@@ -377,8 +497,9 @@ class FaultProxy:
     identity presented upstream (for clients that authenticate by certificate)."""
 
     def __init__(self, upstream: str, ca_pem: bytes, serving: KeyPair,
-                 client_cert: KeyPair | None = None) -> None:
+                 client_cert: KeyPair | None = None, *, record: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
+        self.record = record
         self._ca_pem = ca_pem
         self._serving = serving
         self._client_cert = client_cert
@@ -386,6 +507,8 @@ class FaultProxy:
         self._rules: list[Rule] = []
         self._log: list[Exchange] = []
         self._open: dict[Exchange, asyncio.BaseTransport] = {}  # requests in flight
+        # Open streams (watches answered 200) and how end_open() ends them: with this Status.
+        self._ending: dict[Exchange, asyncio.Future[Status]] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -400,13 +523,13 @@ class FaultProxy:
 
     @classmethod
     def for_control_plane(cls, control_plane: LocalControlPlane, *, as_user: str | None = None,
-                          groups: tuple[str, ...] = ()) -> FaultProxy:
+                          groups: tuple[str, ...] = (), record: bool = False) -> FaultProxy:
         """A proxy for `control_plane`'s API server; `as_user`: authenticate upstream with a
         client certificate for that user (for clients whose own certificate the proxy, which
-        asks for none, cannot pass on)."""
+        asks for none, cannot pass on); `record`: keep bodies and watch events in the log."""
         identity = control_plane.ca.client(as_user, groups) if as_user is not None else None
         return cls(control_plane.server, control_plane.ca.cert_pem, control_plane.ca.serving(),
-                   identity)
+                   identity, record=record)
 
     @property
     def url(self) -> str:
@@ -527,8 +650,8 @@ class FaultProxy:
                  rule: Rule | None = None) -> list[Exchange]:
         """Snapshots of the requests seen so far, oldest first, filtered (`path`: a regex)."""
         with self._lock:
-            return [attrs.evolve(e) for e in self._select(self._log, kind, method, path, answer,
-                                                          rule)]
+            return [attrs.evolve(e, watch_events=list(e.watch_events))
+                    for e in self._select(self._log, kind, method, path, answer, rule)]
 
     def reset_open(self, kind: str | None = None, method: str | None = None,
                    path: str | None = None, answer: str | None = None,
@@ -547,6 +670,20 @@ class FaultProxy:
             self._loop.call_soon_threadsafe(_abort, transport)
         return len(chosen)
 
+    def end_open(self, status: Status | None = None, path: str | None = None,
+                 rule: Rule | None = None) -> int:
+        """End every open watch stream that matches with an ERROR event carrying `status` (410
+        Expired by default), as the API server ends a watch whose resourceVersion it no longer
+        has; returns how many. Events already read from upstream and not passed on are lost."""
+        assert self._loop is not None
+        status = status or EndWith().status
+        with self._lock:
+            chosen = self._select(list(self._ending), "watch", None, path, None, rule)
+            endings = [self._ending[e] for e in chosen]
+        for ending in endings:
+            self._loop.call_soon_threadsafe(_end, ending, status)
+        return len(chosen)
+
     @staticmethod
     def _select(exchanges: list[Exchange], kind: str | None, method: str | None,
                 path: str | None, answer: str | None, rule: Rule | None) -> list[Exchange]:
@@ -558,13 +695,17 @@ class FaultProxy:
                 and (answer is None or e.answer == answer)
                 and (rule is None or e.rule is rule)]
 
-    def _choose(self, request: web.BaseRequest, kind: str) -> Exchange:
+    def _choose(self, request: web.BaseRequest, kind: str, body: bytes) -> Exchange:
         now = time.monotonic()
+        exchange = Exchange(now, request.method, request.path, request.query_string, kind,
+                            Forward.name, body=body)
         with self._lock:
-            chosen = next((r for r in self._rules if r._matches(request, kind, now) and r._take()),
-                          None)
-            exchange = Exchange(now, request.method, request.path, request.query_string, kind,
-                                chosen.answer.name if chosen else Forward.name, chosen)
+            chosen = next((r for r in self._rules
+                           if r._matches(request, kind, now, exchange) and r._take()), None)
+            if chosen is not None:
+                exchange.answer, exchange.rule = chosen.answer.name, chosen
+            if not self.record:
+                exchange.body = b""
             self._log.append(exchange)
         return exchange
 
@@ -577,26 +718,52 @@ class FaultProxy:
             for name, value in changes.items():
                 setattr(exchange, name, value)
 
+    def _record_event(self, exchange: Exchange, event: WatchEvent) -> None:
+        with self._lock:
+            exchange.watch_events.append(attrs.evolve(event, at=time.monotonic()))
+
+    def _record_body(self, exchange: Exchange, data: bytes) -> None:
+        with self._lock:
+            room = _RECORDED_BODY - len(exchange.answer_body)
+            if room > 0:
+                exchange.answer_body += data[:room]
+
+    def _stream_ending(self, exchange: Exchange,
+                       upstream: aiohttp.ClientResponse) -> asyncio.Future[Status] | None:
+        """For a watch answered 200: the future end_open() resolves to end it."""
+        if exchange.kind != "watch" or upstream.status != 200:
+            return None
+        ending: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._ending[exchange] = ending
+        return ending
+
     # --- answering (the proxy's loop) ---------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        exchange = self._choose(request, request_kind(request.method, request.path, request.query))
+        # All of the body, before a rule is chosen (rules may match on it; no client_max_size
+        # for the proxy).
+        body = await request.content.read() if request.body_exists else b""
+        exchange = self._choose(request, request_kind(request.method, request.path, request.query),
+                                body)
         answer: Answer = exchange.rule.answer if exchange.rule else Forward()
         if request.transport is not None:
             with self._lock:
                 self._open[exchange] = request.transport
         try:
-            return await self._answer(request, answer, exchange)
+            return await self._answer(request, answer, exchange, body)
         except asyncio.CancelledError:  # the client went away, or the proxy cut or stopped it
             self._client_left(exchange)
             raise
         finally:
             with self._lock:
                 exchange.done = True
+                exchange.finished = time.monotonic()
                 self._open.pop(exchange, None)
+                self._ending.pop(exchange, None)
 
     async def _answer(self, request: web.BaseRequest, answer: Answer,
-                      exchange: Exchange) -> web.StreamResponse:
+                      exchange: Exchange, body: bytes) -> web.StreamResponse:
         match answer:
             case Status():
                 return self._status_response(answer, exchange)
@@ -605,16 +772,17 @@ class FaultProxy:
             case Stall():
                 await answer.wait()
             case Delay(lands_anyway=True):
-                return await self._forward(request, answer, exchange, delay=answer.seconds)
+                return await self._forward(request, answer, exchange, body, delay=answer.seconds)
             case Delay():
                 await asyncio.sleep(answer.seconds)
             case SlowAnswer():
-                return await self._forward(request, answer, exchange, hold=answer.seconds)
+                return await self._forward(request, answer, exchange, body, hold=answer.seconds,
+                                           until=answer.until)
             case Lost():
-                return await self._lose_answer(request, answer, exchange)
+                return await self._lose_answer(request, answer, exchange, body)
             case CloseWatch(after_events=0) | ErrorEvent(after_events=0):
                 return await self._empty_watch(request, answer, exchange)
-        return await self._forward(request, answer, exchange)
+        return await self._forward(request, answer, exchange, body)
 
     def _status_response(self, answer: Status, exchange: Exchange) -> web.Response:
         headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after is not None else {}
@@ -634,12 +802,11 @@ class FaultProxy:
         return response
 
     async def _lose_answer(self, request: web.BaseRequest, answer: Lost,
-                           exchange: Exchange) -> web.StreamResponse:
+                           exchange: Exchange, body: bytes) -> web.StreamResponse:
         """Forward the request (at once or `lands_after` seconds later), whatever its client
         does, read and drop the API server's answer, and answer `answer.status` instead."""
         session = self._session
         assert session is not None
-        body = await request.content.read()
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         url = URL(self.upstream + request.raw_path, encoded=True)
@@ -660,14 +827,18 @@ class FaultProxy:
                 await asyncio.shield(sending)
         return self._status_response(answer.status, exchange)
 
-    async def _forward(self, request: web.BaseRequest, answer: Answer,
-                       exchange: Exchange, delay: float | None = None,
-                       hold: float | None = None) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, answer: Answer, exchange: Exchange,
+                       body: bytes, delay: float | None = None, hold: float | None = None,
+                       until: Gate | None = None) -> web.StreamResponse:
         """`delay`: send upstream after this long, whether or not the client is still there;
-        `hold`: pass the API server's answer on this long after it came."""
+        `hold`: pass the API server's answer on this long after it came; `until`: and not
+        before this gate is released."""
         session = self._session
         assert session is not None
-        body = await request.content.read()  # all of it: no client_max_size for the proxy
+        target = request.raw_path
+        if isinstance(answer, Steer) and answer.query is not None:
+            target = request.rel_url.with_query(answer.query(dict(request.query))).raw_path_qs
+            self._update(exchange, rewritten=target.partition("?")[2])
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         # Uncompressed bodies, so stream answers can count events in them.
@@ -678,7 +849,7 @@ class FaultProxy:
                 await asyncio.sleep(delay)
             self._update(exchange, forwarded=True)
             return await session.request(
-                request.method, URL(self.upstream + request.raw_path, encoded=True),
+                request.method, URL(self.upstream + target, encoded=True),
                 headers=headers, data=body if body else None, allow_redirects=False)
 
         try:
@@ -695,8 +866,17 @@ class FaultProxy:
         except (aiohttp.ClientError, OSError):
             return await self._reset(request, web.StreamResponse(), exchange)
         try:
+            if hold is not None or until is not None:
+                self._update(exchange, status=upstream.status)  # answered, not passed on yet
             if hold is not None:
                 await asyncio.sleep(hold)
+            if until is not None:
+                await until.wait()
+            if isinstance(answer, ResetAnswered):
+                return await self._reset_answered(request, upstream, answer, exchange)
+            if isinstance(answer, Steer) and answer.decide is not None and \
+                    exchange.kind == "watch" and upstream.status == 200:
+                return await self._relay_steered(request, upstream, answer, exchange)
             return await self._relay(request, upstream, answer, exchange)
         finally:
             # Closed, not returned to the pool, unless read to the end: an upstream watch must
@@ -716,13 +896,20 @@ class FaultProxy:
         self._update(exchange, status=upstream.status)
         events_left, bytes_left = _limits(answer) if cuts else (None, None)
         events = 0
+        ending = self._stream_ending(exchange, upstream)
+        recording = _Recording(exchange, self) if self.record else None
+        if ending is not None:
+            response.headers.popall("Content-Length", None)
         try:
             await response.prepare(request)
             while events_left != 0 and bytes_left != 0:
                 try:
-                    chunk = await upstream.content.readany()
+                    chunk = await _next_chunk(upstream, ending)
                 except (aiohttp.ClientError, OSError):  # upstream broke mid-body: so does this
                     return await self._reset(request, response, exchange)
+                if isinstance(chunk, Status):  # end_open()
+                    await response.write(_error_event(chunk))
+                    break
                 if not chunk:
                     break
                 cut, newlines = _through_nth_newline(chunk, events_left)
@@ -733,6 +920,8 @@ class FaultProxy:
                     events_left -= newlines
                 if cut:
                     await response.write(chunk[:cut])
+                    if recording is not None:
+                        recording.add(chunk[:cut])
                 events += newlines
                 self._update(exchange, events=events)
             if cuts and isinstance(answer, ResetAfter):
@@ -740,6 +929,70 @@ class FaultProxy:
             if cuts and isinstance(answer, ErrorEvent):
                 await response.write(_error_event(answer.status))
             await response.write_eof()
+        except ConnectionError:  # the client went away, or reset_open() cut it
+            self._client_left(exchange)
+        return response
+
+    async def _reset_answered(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+                              answer: ResetAnswered, exchange: Exchange) -> web.StreamResponse:
+        """The API server's answer, read whole and never passed on (the log keeps its status)."""
+        try:
+            content = await upstream.read()
+        except (aiohttp.ClientError, OSError):
+            content = b""
+        self._update(exchange, status=upstream.status)
+        if self.record:
+            self._record_body(exchange, content)
+        if answer.then is not None:
+            answer.then(exchange)
+        return await self._reset(request, web.StreamResponse(), exchange)
+
+    async def _relay_steered(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+                             answer: Steer, exchange: Exchange) -> web.StreamResponse:
+        """A watch passed on event by event, each as `answer.decide` says."""
+        decide = answer.decide
+        assert decide is not None
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() not in _HOP_BY_HOP:
+                response.headers.add(name, value)
+        self._update(exchange, status=upstream.status)
+        ending = self._stream_ending(exchange, upstream)
+        lines: deque[bytes] = deque()
+        partial, events = b"", 0
+        try:
+            await response.prepare(request)
+            while True:
+                while not lines:
+                    try:
+                        chunk = await _next_chunk(upstream, ending)
+                    except (aiohttp.ClientError, OSError):
+                        return await self._reset(request, response, exchange)
+                    if isinstance(chunk, Status):
+                        return await _end_with(response, chunk)
+                    if not chunk:
+                        await response.write_eof()
+                        return response
+                    complete, partial = _split_lines(partial + chunk)
+                    lines.extend(complete)
+                line = lines.popleft()
+                event = WatchEvent.parse(line)
+                verdict = decide(exchange, event)
+                if isinstance(verdict, Hold):
+                    ended = await _gate_or_ending(verdict.gate, ending)
+                    if ended is not None:
+                        return await _end_with(response, ended)
+                elif isinstance(verdict, Drop):
+                    continue
+                elif isinstance(verdict, Cut):
+                    return await self._reset(request, response, exchange)
+                elif isinstance(verdict, EndWith):
+                    return await _end_with(response, verdict.status)
+                await response.write(line)
+                events += 1
+                self._update(exchange, events=events)
+                if self.record:
+                    self._record_event(exchange, event)
         except ConnectionError:  # the client went away, or reset_open() cut it
             self._client_left(exchange)
         return response
@@ -757,6 +1010,76 @@ class FaultProxy:
                 await asyncio.sleep(0.001)
             _abort(transport)
         return response
+
+
+class _Recording:
+    """What a response passes on to its client, kept in the log of a proxy made with
+    record=True: a watch's events one by one, anything else's body (its first MB)."""
+
+    def __init__(self, exchange: Exchange, proxy: FaultProxy) -> None:
+        self._exchange, self._proxy = exchange, proxy
+        self._stream = exchange.kind == "watch" and exchange.status == 200
+        self._partial = b""
+
+    def add(self, data: bytes) -> None:
+        if not self._stream:
+            self._proxy._record_body(self._exchange, data)
+            return
+        lines, self._partial = _split_lines(self._partial + data)
+        for line in lines:
+            self._proxy._record_event(self._exchange, WatchEvent.parse(line))
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """(the complete lines of `data`, each with its newline; what follows the last one)."""
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    return [line + b"\n" for line in lines], rest
+
+
+async def _next_chunk(upstream: aiohttp.ClientResponse,
+                      ending: asyncio.Future[Status] | None) -> bytes | Status:
+    """The next chunk of the body, or the Status end_open() ended the stream with first."""
+    if ending is None:
+        return await upstream.content.readany()
+    if ending.done():
+        return ending.result()
+    reading = asyncio.ensure_future(upstream.content.readany())
+    racing: set[asyncio.Future[Any]] = {reading, ending}
+    try:
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not reading.done():
+            reading.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()  # data (or EOF) wins over an ending that came at the same time
+    return ending.result()
+
+
+async def _gate_or_ending(gate: Gate, ending: asyncio.Future[Status] | None) -> Status | None:
+    """Wait for `gate`; the Status if end_open() ends the stream first."""
+    if ending is None:
+        await gate.wait()
+        return None
+    waiting = asyncio.ensure_future(gate.wait())
+    racing: set[asyncio.Future[Any]] = {waiting, ending}
+    try:
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+    return None if waiting.done() and not waiting.cancelled() else ending.result()
+
+
+async def _end_with(response: web.StreamResponse, status: Status) -> web.StreamResponse:
+    await response.write(_error_event(status))
+    await response.write_eof()
+    return response
+
+
+def _end(ending: asyncio.Future[Status], status: Status) -> None:
+    if not ending.done():
+        ending.set_result(status)
 
 
 def _abort(transport: asyncio.BaseTransport) -> None:

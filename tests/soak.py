@@ -57,6 +57,60 @@ def random_rules(rng: random.Random) -> list[dict[str, Any]]:
     return rules
 
 
+def differences(nps: list[dict[str, Any]], kubearmor_policies: list[dict[str, Any]]) -> list[str]:
+    """Everything a namespace's KubeArmorPolicies and NimbusPolicy statuses have that the pure
+    builder says they should not (empty: right), given all of its NimbusPolicies and
+    KubeArmorPolicies as the API server has them."""
+    problems: list[str] = []
+    ksps = {p["metadata"]["name"]: p for p in kubearmor_policies}
+
+    def controlled(p: dict[str, Any]) -> bool:
+        return any(r.get("controller") for r in p["metadata"].get("ownerReferences") or [])
+
+    def labelled(p: dict[str, Any]) -> bool:
+        return (p["metadata"].get("labels") or {}).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+    # Not ours: no controller and not our label (a user's, or ours both disowned and
+    # relabelled). Orphans: no controller but our label, as `kubectl delete --cascade=orphan`
+    # leaves them; adopted if a NimbusPolicy needs the name, else left alone (as a
+    # ReplicaSet adopts only the orphans its selector matches).
+    users = {n for n, p in ksps.items() if not controlled(p) and not labelled(p)}
+    orphans = {n for n, p in ksps.items() if not controlled(p) and labelled(p)}
+    expected: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for np in nps:
+        parsed, _ = parse_nimbus_policy(np)
+        assert parsed is not None
+        policies, _ = desired_policies(parsed)
+        ours = [to_dict(p) for p in policies if p.name not in users]
+        for policy in ours:
+            expected[policy["metadata"]["name"]] = (np, policy)
+        entries = sorted(e for e in (np.get("status") or {}).get("adapterPolicies") or []
+                         if e.startswith("KubeArmorPolicy/"))
+        want = sorted(f"KubeArmorPolicy/{p['metadata']['name']}" for p in ours)
+        status = np.get("status") or {}
+        if entries != want or status.get("numberOfAdapterPolicies") != len(want):
+            problems.append(f"{np['metadata']['name']}: status {entries} "
+                            f"({status.get('numberOfAdapterPolicies')}), want {want}")
+    for name, (np, policy) in expected.items():
+        actual = ksps.get(name)
+        if actual is None:
+            problems.append(f"{name}: missing")
+            continue
+        meta = actual["metadata"]
+        refs = meta.get("ownerReferences") or []
+        if refs != policy["metadata"]["ownerReferences"] or \
+                refs[0]["uid"] != np["metadata"]["uid"]:
+            problems.append(f"{name}: owner {refs}")
+        if actual["spec"] != policy["spec"]:
+            problems.append(f"{name}: spec differs")
+        if (meta.get("labels") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE or \
+                (meta.get("annotations") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
+            problems.append(f"{name}: label or annotation")
+    for name in set(ksps) - set(expected) - users - orphans:
+        problems.append(f"{name}: should not exist (owner "
+                        f"{(ksps[name]['metadata'].get('ownerReferences') or [{}])[0].get('name')})")
+    return problems
+
+
 class Soak:
     def __init__(self, cp: LocalControlPlane, api: httpx.AsyncClient, namespace: str,
                  kubeconfig: Path, user: str, seed: int) -> None:
@@ -184,54 +238,7 @@ class Soak:
 
     async def differences(self) -> list[str]:
         """Everything the cluster has that the pure builder says it should not (empty: right)."""
-        problems: list[str] = []
-        nps = await self.nps()
-        ksps = {p["metadata"]["name"]: p for p in await self.ksps()}
-        def controlled(p: dict[str, Any]) -> bool:
-            return any(r.get("controller") for r in p["metadata"].get("ownerReferences") or [])
-
-        def labelled(p: dict[str, Any]) -> bool:
-            return (p["metadata"].get("labels") or {}).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
-        # Not ours: no controller and not our label (a user's, or ours both disowned and
-        # relabelled). Orphans: no controller but our label, as `kubectl delete --cascade=orphan`
-        # leaves them; adopted if a NimbusPolicy needs the name, else left alone (as a
-        # ReplicaSet adopts only the orphans its selector matches).
-        users = {n for n, p in ksps.items() if not controlled(p) and not labelled(p)}
-        orphans = {n for n, p in ksps.items() if not controlled(p) and labelled(p)}
-        expected: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for np in nps:
-            parsed, _ = parse_nimbus_policy(np)
-            assert parsed is not None
-            policies, _ = desired_policies(parsed)
-            ours = [to_dict(p) for p in policies if p.name not in users]
-            for policy in ours:
-                expected[policy["metadata"]["name"]] = (np, policy)
-            entries = sorted(e for e in (np.get("status") or {}).get("adapterPolicies") or []
-                             if e.startswith("KubeArmorPolicy/"))
-            want = sorted(f"KubeArmorPolicy/{p['metadata']['name']}" for p in ours)
-            status = np.get("status") or {}
-            if entries != want or status.get("numberOfAdapterPolicies") != len(want):
-                problems.append(f"{np['metadata']['name']}: status {entries} "
-                                f"({status.get('numberOfAdapterPolicies')}), want {want}")
-        for name, (np, policy) in expected.items():
-            actual = ksps.get(name)
-            if actual is None:
-                problems.append(f"{name}: missing")
-                continue
-            meta = actual["metadata"]
-            refs = meta.get("ownerReferences") or []
-            if refs != policy["metadata"]["ownerReferences"] or \
-                    refs[0]["uid"] != np["metadata"]["uid"]:
-                problems.append(f"{name}: owner {refs}")
-            if actual["spec"] != policy["spec"]:
-                problems.append(f"{name}: spec differs")
-            if (meta.get("labels") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE or \
-                    (meta.get("annotations") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
-                problems.append(f"{name}: label or annotation")
-        for name in set(ksps) - set(expected) - users - orphans:
-            problems.append(f"{name}: should not exist (owner "
-                            f"{(ksps[name]['metadata'].get('ownerReferences') or [{}])[0].get('name')})")
-        return problems
+        return differences(await self.nps(), await self.ksps())
 
     async def converged(self, timeout: float = 90) -> None:
         last: list[str] = []

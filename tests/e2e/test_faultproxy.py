@@ -27,16 +27,27 @@ import yaml
 from tests.controlplane.launcher import LocalControlPlane, token_claims, wait_for
 from tests.faultproxy import (
     CloseWatch,
+    Cut,
     Delay,
+    Drop,
+    EndWith,
     ErrorEvent,
+    Exchange,
     FaultProxy,
+    Gate,
+    Hold,
     Lost,
+    Pass,
     Reset,
     ResetAfter,
+    ResetAnswered,
     Rule,
     SlowAnswer,
     Stall,
     Status,
+    Steer,
+    Verdict,
+    WatchEvent,
 )
 from tests.waiting import eventually
 
@@ -342,6 +353,160 @@ def test_error_event_in_stream(control_plane: LocalControlPlane, proxy: FaultPro
     assert [e["type"] for e in events] == ["ADDED", "ERROR"]
     assert {k: events[1]["object"][k] for k in ("kind", "status", "code", "reason")} == {
         "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired"}
+
+
+def test_reset_answered_lands_the_write_and_resets(control_plane: LocalControlPlane,
+                                               proxy: FaultProxy, via_proxy: httpx.Client,
+                                               namespace: str) -> None:
+    seen: list[tuple[int | None, bool]] = []
+    lost = proxy.add(Rule(ResetAnswered(then=lambda e: seen.append((e.status, e.reset))),
+                          kind="write", method="POST", times=1))
+    with pytest.raises(httpx.TransportError):
+        via_proxy.post(configmaps(namespace), json={"metadata": {"name": "landed"}})
+    # `then` ran once the API server had answered and before the connection was reset.
+    assert seen == [(201, False)]
+    [exchange] = proxy.requests(rule=lost)
+    assert exchange.forwarded and exchange.reset and exchange.status == 201
+    with control_plane.client() as admin:
+        assert admin.get(f"{configmaps(namespace)}/landed").status_code == 200
+
+
+async def test_slow_answer_until_a_gate_is_served_at_once_and_delivered_late(
+        control_plane: LocalControlPlane, proxy: FaultProxy, tester: Path, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "before")
+    gate = Gate()
+    late = proxy.add(Rule(SlowAnswer(until=gate), kind="list", times=1))
+    async with async_client_from(tester) as client:
+        listing = asyncio.ensure_future(client.get(configmaps(namespace)))
+        await eventually(lambda: [e for e in proxy.requests(rule=late) if e.status == 200], 5,
+                         "the API server to answer the LIST")
+        create_configmaps(control_plane, namespace, "after")
+        done, _ = await asyncio.wait({listing}, timeout=0.3)
+        assert not done, "the answer was passed on before the gate opened"
+        gate.release()
+        listed = await asyncio.wait_for(listing, 5)
+    # served before "after" was created, delivered after
+    assert [i["metadata"]["name"] for i in listed.json()["items"]] == ["before"]
+
+
+def test_where_matches_writes_by_their_body(proxy: FaultProxy, via_proxy: httpx.Client,
+                                            namespace: str) -> None:
+    refused = proxy.add(Rule(Status(409, reason="AlreadyExists"), kind="write",
+                             where=lambda e: json.loads(e.body)["metadata"]["name"] == "x"))
+    assert via_proxy.post(configmaps(namespace), json={"metadata": {"name": "x"}}).status_code == 409
+    assert via_proxy.post(configmaps(namespace), json={"metadata": {"name": "y"}}).status_code == 201
+    assert (refused.matched, refused.hits) == (1, 1)
+    assert all(e.body == b"" for e in proxy.requests())  # kept only by a recording proxy
+
+
+def test_recording_keeps_bodies_answers_and_events(control_plane: LocalControlPlane, tester: Path,
+                                                   namespace: str) -> None:
+    with FaultProxy.for_control_plane(control_plane, record=True) as own, \
+            client_from(tester) as client:
+        client.base_url = httpx.URL(own.url)
+        created = client.post(configmaps(namespace), json={"metadata": {"name": "a"}})
+        assert created.status_code == 201
+        create_configmaps(control_plane, namespace, "b")
+        with client.stream("GET", configmaps(namespace), params={
+                "watch": "true", "resourceVersion": created.json()["metadata"]["resourceVersion"]}
+                           ) as stream:
+            first = json.loads(next(stream.iter_lines()))
+        [write] = own.requests(kind="write")
+        assert json.loads(write.body) == {"metadata": {"name": "a"}}
+        assert json.loads(write.answer_body)["metadata"]["uid"] == created.json()["metadata"]["uid"]
+        [watch] = wait_for(lambda: [e for e in own.requests(kind="watch") if e.watch_events], 5,
+                           "the watch's event in the log")
+        [event] = watch.watch_events
+        assert (event.type, event.kind, event.namespace, event.name, event.uid,
+                event.resource_version) == (
+            "ADDED", "ConfigMap", namespace, "b", first["object"]["metadata"]["uid"],
+            first["object"]["metadata"]["resourceVersion"])
+        assert event.at >= watch.at
+
+
+def test_steer_decides_each_event(control_plane: LocalControlPlane, proxy: FaultProxy,
+                                  via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a", "b", "c", "d", "e")
+    gate = Gate()
+    verdicts: dict[str, Verdict] = {"b": Drop(), "c": Hold(gate), "e": EndWith(Status(410))}
+    decided: list[str] = []
+
+    def decide(exchange: Exchange, event: WatchEvent) -> Verdict:
+        decided.append(event.name)
+        if event.name == "c":
+            gate.release()  # released before it is waited on: passes at once
+        return verdicts.get(event.name, Pass())
+
+    proxy.add(Rule(Steer(decide=decide), kind="watch", times=1))
+    events, error = watch_lines(via_proxy, namespace)
+    assert error is None
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [
+        ("ADDED", "a"), ("ADDED", "c"), ("ADDED", "d"), ("ERROR", None)]
+    assert events[-1]["object"]["code"] == 410
+    assert decided == ["a", "b", "c", "d", "e"]
+    proxy.add(Rule(Steer(decide=lambda _, e: Cut() if e.name == "c" else Pass()), kind="watch",
+                   times=1))
+    events, error = watch_lines(via_proxy, namespace)
+    assert [e["object"]["metadata"]["name"] for e in events] == ["a", "b"]
+    assert isinstance(error, httpx.TransportError)
+    wait_for(lambda: watches_ended(control_plane, namespace) == 2, 5, "the upstream watches to end")
+
+
+async def test_steer_holds_an_event_late_in_order(control_plane: LocalControlPlane,
+                                                  proxy: FaultProxy, tester: Path,
+                                                  namespace: str) -> None:
+    listed = control_plane.client().get(configmaps(namespace)).json()
+    gate = Gate()
+    proxy.add(Rule(Steer(decide=lambda _, e: Hold(gate) if e.name == "held" else Pass()),
+                   kind="watch", times=1))
+    async with async_client_from(tester) as client, client.stream(
+            "GET", configmaps(namespace), params={
+                "watch": "true", "resourceVersion": listed["metadata"]["resourceVersion"]}
+            ) as stream:
+        lines = stream.aiter_lines()
+        create_configmaps(control_plane, namespace, "before", "held", "after")
+        assert json.loads(await anext(lines))["object"]["metadata"]["name"] == "before"
+        late = asyncio.ensure_future(anext(lines))
+        # "after" reached the proxy and waits behind "held"
+        await eventually(lambda: control_plane.client().get(
+            f"{configmaps(namespace)}/after").status_code == 200, 5, "the last create")
+        done, _ = await asyncio.wait({late}, timeout=0.3)
+        assert not done, "an event passed a held one"
+        gate.release()
+        assert json.loads(await asyncio.wait_for(late, 5))["object"]["metadata"]["name"] == "held"
+        assert json.loads(await anext(lines))["object"]["metadata"]["name"] == "after"
+
+
+def test_steer_rewrites_the_query(control_plane: LocalControlPlane, proxy: FaultProxy,
+                                  via_proxy: httpx.Client, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a")
+    since = via_proxy.get(configmaps(namespace)).json()["metadata"]["resourceVersion"]
+    create_configmaps(control_plane, namespace, "b")
+    # A watch asked from "0" (everything) is sent from `since`: it starts past "a".
+    steer = proxy.add(Rule(Steer(query=lambda q: {**q, "resourceVersion": since}), kind="watch",
+                           times=1))
+    proxy.add(Rule(CloseWatch(after_events=1), kind="watch", times=1))  # never reached
+    events, _ = watch_lines(via_proxy, namespace)
+    assert [e["object"]["metadata"]["name"] for e in events] == ["b"]
+    [exchange] = proxy.requests(rule=steer)
+    assert "resourceVersion=0" in exchange.query and f"resourceVersion={since}" in exchange.rewritten
+
+
+async def test_end_open_ends_open_watches_with_an_error_event(
+        control_plane: LocalControlPlane, proxy: FaultProxy, tester: Path, namespace: str) -> None:
+    create_configmaps(control_plane, namespace, "a")
+    async with async_client_from(tester) as client, client.stream(
+            "GET", configmaps(namespace), params={"watch": "true", "resourceVersion": "0"}
+            ) as stream:
+        lines = stream.aiter_lines()
+        assert json.loads(await anext(lines))["object"]["metadata"]["name"] == "a"
+        assert proxy.end_open(path=configmaps(namespace)) == 1
+        error = json.loads(await asyncio.wait_for(anext(lines), 5))
+        assert (error["type"], error["object"]["code"]) == ("ERROR", 410)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(lines), 5)
+    wait_for(lambda: watches_ended(control_plane, namespace) == 1, 5, "the upstream watch to end")
+    assert proxy.end_open(path=configmaps(namespace)) == 0
 
 
 def test_stop_closes_every_connection(control_plane: LocalControlPlane, tester: Path,
