@@ -93,6 +93,9 @@ class Lists:
         self.expire = 0
         self.on_continue: list[tuple[int, list[dict[str, Any]]]] = []  # snapshots to switch to
 
+    def expect_streams(self, count: int) -> None:
+        """The controller sizes a real client's connection pool to its watches: none here."""
+
     async def list(self, resource: Any, namespace: Any, *, limit: int | None = None,
                    continue_token: str | None = None, **_: Any) -> dict[str, Any]:
         self.requests.append((limit, continue_token))

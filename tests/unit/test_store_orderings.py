@@ -96,6 +96,9 @@ class ListingClient:
         self.act: Any = None
         self._snapshot: tuple[int, list[dict[str, Any]]] | None = None
 
+    def expect_streams(self, count: int) -> None:
+        """The controller sizes a real client's connection pool to its watches: none here."""
+
     async def list(self, resource: Any, namespace: Any, *, limit: int | None = None,
                    continue_token: str | None = None, **_: Any) -> dict[str, Any]:
         if continue_token is None:
@@ -127,11 +130,12 @@ class CacheMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.server = Server()
-        self.controller = Controller(None, Metrics(CollectorRegistry()),  # type: ignore[arg-type]
+        self.client = ListingClient(self.server, page_size=2)
+        self.controller = Controller(self.client,  # type: ignore[arg-type]
+                                     Metrics(CollectorRegistry()),
                                      ControllerConfig(namespaces=(NAMESPACE,), page_size=2))
         self.reflector = self.controller.reflectors[1]
         self.reflector.handler = lambda *_: None
-        self.client = ListingClient(self.server, page_size=2)
         self.client.act = self._act
         self.reflector.client = self.client
         self.store = self.controller.kubearmor_policies
