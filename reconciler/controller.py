@@ -240,14 +240,16 @@ class Controller:
             await anyio.lowlevel.checkpoint()
 
     async def process(self, key: str) -> Outcome:
-        """One reconcile with its bookkeeping: metrics, and a retry with backoff on failure."""
+        """One reconcile with its bookkeeping: metrics, a log line for whatever it wrote
+        (also when a later step failed), and a retry with backoff on failure."""
         active, started = self._gauges[1], self.clock.now()
         active.inc()
+        outcome = Outcome(key)
         try:
-            outcome = await self.reconcile(key)
+            await self.reconcile(key, outcome)
         except Exception as error:  # a bug must not stop the worker; the key is retried
-            log.exception("reconcile crashed", extra={"nimbuspolicy": key})
-            outcome = Outcome(key, errors=[api_error(error) or ApiError(0, "Crash", repr(error))])
+            log.exception("reconcile crashed", extra={"nimbuspolicy": key, **_done(outcome)})
+            outcome.errors.append(api_error(error) or ApiError(0, "Crash", repr(error)))
         finally:
             active.dec()
             self.metrics.reconcile_time.labels(CONTROLLER).observe(self.clock.now() - started)
@@ -258,26 +260,27 @@ class Controller:
             self.queue.add_rate_limited(key, at_least=retry_after)
             retries = self.queue.num_requeues(key)
             fields = {"nimbuspolicy": key, "retries": retries,
-                      "errors": [str(e) for e in outcome.errors]}
+                      "errors": [str(e) for e in outcome.errors], **_done(outcome)}
             if all(e.stale for e in outcome.errors) and retries <= QUIET_CONFLICT_RETRIES:
-                # another controller wrote first; the retry reads what it wrote
-                log.debug("a write met a newer version of its object, will retry", extra=fields)
+                # Another controller wrote first; the retry reads what it wrote. What this
+                # reconcile did write is still worth saying at the usual level.
+                log.log(logging.INFO if outcome.wrote else logging.DEBUG,
+                        "a write met a newer version of its object, will retry", extra=fields)
             else:
                 log.warning("reconcile failed, will retry", extra=fields)
         else:
             self.metrics.reconcile_total.labels(CONTROLLER, "success").inc()
             self.queue.forget(key)
             if outcome.wrote:
-                log.info("reconciled", extra={
-                    "nimbuspolicy": key, "policies_created": outcome.created,
-                    "policies_updated": outcome.updated, "policies_deleted": outcome.deleted,
-                    "status_written": outcome.status_written})
+                log.info("reconciled", extra={"nimbuspolicy": key, **_done(outcome)})
         return outcome
 
     # --- the sync handler ------------------------------------------------------------------------
 
-    async def reconcile(self, key: str) -> Outcome:
-        outcome = Outcome(key)
+    async def reconcile(self, key: str, outcome: Outcome | None = None) -> Outcome:
+        """`outcome`: where to record what is done as it is done (so that a caller still knows
+        what was written when this raises)."""
+        outcome = outcome if outcome is not None else Outcome(key)
         # read
         nimbus_policy = self.nimbus_policies.get(key)
         if nimbus_policy is None:
@@ -516,6 +519,12 @@ class Controller:
             return None
         fresh = CachedNimbusPolicy.from_json(obj) if obj is not None else None
         return fresh if fresh is not None and fresh.uid == nimbus_policy.uid else None
+
+
+def _done(outcome: Outcome) -> dict[str, Any]:
+    """What a reconcile wrote, as log fields."""
+    return {"policies_created": outcome.created, "policies_updated": outcome.updated,
+            "policies_deleted": outcome.deleted, "status_written": outcome.status_written}
 
 
 def _conflict_resource(resource: str) -> str:

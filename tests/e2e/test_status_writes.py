@@ -1,13 +1,14 @@
 """The NimbusPolicy status write on the real API server, made on a copy of the NimbusPolicy that
 others have written since it was read (a controller whose watch has not delivered their writes
 yet: here one that listed and is not watching, so the copy stays exactly as old as the test
-makes it)."""
+makes it). And what a reconcile writes is logged even when a later step of it fails."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from reconciler.controller import Controller, ControllerConfig
 from reconciler.kube import KubeClient
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
-from tests.e2e.conftest import RECONCILER_USER
-from tests.e2e.nimbus import create_nimbus_policy, nimbus_policies, rule
+from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually
+from tests.e2e.nimbus import create_nimbus_policy, has_policies, nimbus_policies, rule
+from tests.e2e.refusals import admission_denies
 
 
 @pytest.fixture
@@ -144,3 +146,46 @@ async def test_a_status_the_core_wrote_since_we_read_none_is_kept(
         "status": "Created", "numberOfAdapterPolicies": 1,
         "adapterPolicies": ["KubeArmorPolicy/bare-dnsmanipulation"]}
 
+
+async def test_policies_created_are_logged_when_the_status_write_then_fails(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler")
+    # an orphan (the reconciler leaves it alone) to probe the admission policy with
+    await create_nimbus_policy(api, namespace, "probe", [rule("dnsManipulation")], owner=None)
+
+    def probe(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.patch(f"{nimbus_policies(namespace)}/probe/status",
+                            params={"dryRun": "All"},
+                            content=json.dumps({"status": {"status": "Created",
+                                                           "numberOfAdapterPolicies": 0}}),
+                            headers={"Content-Type": "application/merge-patch+json"})
+
+    async with admission_denies(control_plane, namespace=namespace,
+                                group="intent.security.nimbus.com",
+                                resource="nimbuspolicies/status", operations=("UPDATE",),
+                                probe=probe):
+        await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation"),
+                                                          rule("unAuthorizedSaTokenAccess")])
+        await eventually(lambda: has_policies(api, namespace, "np-dnsmanipulation",
+                                              "np-unauthorizedsatokenaccess"),
+                         what="the policies, created before the status write is refused")
+        await eventually(lambda: [r for r in caplog.records
+                                  if getattr(r, "nimbuspolicy", None) == f"{namespace}/np"
+                                  and getattr(r, "errors", None)],
+                         what="the failed reconcile's log line")
+    failed = next(r for r in caplog.records if getattr(r, "nimbuspolicy", None) ==
+                  f"{namespace}/np" and getattr(r, "errors", None))
+    # the same line says what was done and what failed
+    assert failed.levelno == logging.WARNING
+    assert sorted(failed.policies_created) == ["np-dnsmanipulation",
+                                               "np-unauthorizedsatokenaccess"]
+    assert failed.status_written is False and "403" in failed.errors[0]
+    # lifted: the retry writes the status, and says only that
+    await eventually(lambda: status_of(api, namespace, "np"), what="the status")
+    await eventually(lambda: [r for r in caplog.records if r.getMessage() == "reconciled"
+                              and getattr(r, "nimbuspolicy", None) == f"{namespace}/np"
+                              and r.status_written], what="the retry's log line")
+    created = [name for r in caplog.records if getattr(r, "nimbuspolicy", None) ==
+               f"{namespace}/np" for name in getattr(r, "policies_created", [])]
+    assert sorted(created) == ["np-dnsmanipulation", "np-unauthorizedsatokenaccess"]  # once
