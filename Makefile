@@ -9,7 +9,7 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak contention lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,10 @@ e2e: controlplane tools prometheus ## Run the end-to-end tests only
 
 faults: controlplane ## Run the fault-injection tests only
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+CONTENTION_POLICIES ?= 100
+contention: controlplane ## Status writes next to the Nimbus core and two other adapters: the share refused (CONTENTION_POLICIES)
+	NIMBUS_CONTENTION_POLICIES=$(CONTENTION_POLICIES) $(PY) -m pytest -s tests/e2e/test_status_contention.py -k rarely $(PYTEST_ARGS)
 
 lint: venv ## uv.lock matches pyproject.toml, ruff on everything, mypy --strict on reconciler/
 	$(UV) lock --check --python $(PYTHON) --quiet

@@ -2,8 +2,11 @@
 change, and every adapter lists its own policies in adapterPolicies. Here the core and two other
 adapters (network policies and Kyverno, played by the test as upstream's Go code does it: GET,
 change, PUT /status with the resourceVersion, again at once on 409) write the same statuses while
-the reconciler does. Few of its status writes may be refused (counted from the API server's
-audit log, not from its own metrics), and nobody's entries are lost."""
+the reconciler does (as its own process, as it runs next to Nimbus's). Nobody's entries are lost,
+and every refusal is counted where a user sees it. Few of its status writes may be refused
+(counted from the API server's audit log, not from its own metrics): a share, measured on a long
+run of its own (`make contention`: 100 NimbusPolicies, about 200 status writes of ours); the
+short run in `make test` is too small to measure one, and prints it."""
 
 from __future__ import annotations
 
@@ -17,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, eventually
 from tests.e2e.nimbus import create_nimbus_policy, nimbus_policies, rule
 from tests.process import ReconcilerProcess
 
-# 30 in `make test` (about 60 status writes of ours); NIMBUS_CONTENTION_POLICIES=100 for a
-# longer run, which measures the share more closely
-NIMBUS_POLICIES = int(os.environ.get("NIMBUS_CONTENTION_POLICIES", "30"))
+SHORT_RUN = 20  # NimbusPolicies, in `make test`
+LONG_RUN = os.environ.get("NIMBUS_CONTENTION_POLICIES")  # `make contention` sets it (100)
 # An adapter's entry per intent it implements: what upstream's netpol and Kyverno adapters
 # would list for these intents (the names are theirs to choose; only the kinds matter here).
 OTHER_ADAPTERS = {
@@ -174,9 +177,9 @@ def wanted_entries(name: str) -> list[str]:
     return sorted(entries)
 
 
-async def all_statuses_complete(api: httpx.AsyncClient, namespace: str) -> bool:
+async def all_statuses_complete(api: httpx.AsyncClient, namespace: str, count: int) -> bool:
     items = (await api.get(nimbus_policies(namespace))).json()["items"]
-    return len(items) == NIMBUS_POLICIES and all(
+    return len(items) == count and all(
         sorted((np.get("status") or {}).get("adapterPolicies") or []) ==
         wanted_entries(np["metadata"]["name"]) for np in items)
 
@@ -191,11 +194,27 @@ def our_status_writes(control_plane: LocalControlPlane, namespace: str,
             and e["stage"] == "ResponseComplete"]
 
 
-async def test_status_writes_rarely_conflict_with_the_core_and_other_adapters(
-        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
-        reconciler_kubeconfig: Path) -> None:
-    # its own process, as it runs next to Nimbus's (the other writers here share the test's)
-    with ReconcilerProcess(reconciler_kubeconfig, namespace, "--workers", "4") as reconciler:
+class Shares:
+    def __init__(self, ours: int, ours_refused: int, others: Writes) -> None:
+        self.ours, self.ours_refused, self.others = ours, ours_refused, others
+
+    @property
+    def ours_share(self) -> float:
+        return self.ours_refused / self.ours
+
+    def __str__(self) -> str:
+        return (f"our status writes: {self.ours}, refused as conflicts: {self.ours_refused} "
+                f"({self.ours_share:.1%}); the core's and other adapters': {self.others.made}, "
+                f"{self.others.conflicts} conflicts "
+                f"({self.others.conflicts / max(1, self.others.made):.1%})")
+
+
+async def contention(api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+                     kubeconfig: Path, count: int) -> Shares:
+    """`count` NimbusPolicies made and changed by the core while the other adapters and the
+    reconciler act on them; checks that every status ends complete and right, and that the
+    reconciler's conflict metric agrees with the audit log."""
+    with ReconcilerProcess(kubeconfig, namespace, "--workers", "4") as reconciler:
         reconciler.start()
         await eventually(lambda: asyncio.to_thread(reconciler.ready), timeout=30,
                          what="the reconciler to be ready")
@@ -205,12 +224,12 @@ async def test_status_writes_rarely_conflict_with_the_core_and_other_adapters(
 
         async def one(i: int) -> None:
             async with limit:
-                await core(api, namespace, f"np-{i:02d}", others)
+                await core(api, namespace, f"np-{i:03d}", others)
 
         async with other_adapters(api, namespace, others):
-            await asyncio.gather(*(one(i) for i in range(NIMBUS_POLICIES)))
-            await eventually(lambda: all_statuses_complete(api, namespace), timeout=90,
-                             what="every adapter's entries in every status")
+            await asyncio.gather(*(one(i) for i in range(count)))
+            await eventually(lambda: all_statuses_complete(api, namespace, count),
+                             timeout=30 + count, what="every adapter's entries in every status")
         items = (await api.get(nimbus_policies(namespace))).json()["items"]
         for np in items:  # nobody's entries lost, the count right, the core's fields kept
             status = np["status"]
@@ -219,21 +238,34 @@ async def test_status_writes_rarely_conflict_with_the_core_and_other_adapters(
         writes = our_status_writes(control_plane, namespace, mark)
         codes = [e["responseStatus"]["code"] for e in writes]
         refused = [c for c in codes if c != 200]
-        assert set(refused) <= {409, 422}, codes
-        # each NimbusPolicy's status written for its creation and for its change, at least
-        assert len(writes) >= NIMBUS_POLICIES, len(writes)
-        share = len(refused) / len(writes)
-        print(f"our status writes: {len(writes)}, refused as conflicts: {len(refused)} "
-              f"({share:.1%}); the core's and other adapters': {others.made}, "
-              f"{others.conflicts} conflicts")
-        assert share <= MAX_CONFLICT_SHARE, (len(refused), len(writes), codes)
-        # every one counted where a user sees it
+        assert set(refused) <= {409, 422}, codes  # conflicts, never a refusal
+        # each NimbusPolicy's status written at least once (twice, unless its change came
+        # before its first reconcile)
+        assert len(writes) >= count, len(writes)
+        shares = Shares(len(writes), len(refused), others)
+        print(shares)
+        # every refusal counted where a user sees it
         await eventually(lambda: asyncio.to_thread(_conflicts_counted, reconciler, len(refused)),
-                         what="the conflicts in /metrics")
+                         what=f"{len(refused)} conflicts in /metrics")
+    return shares
+
+
+async def test_under_contention_every_entry_is_kept_and_every_conflict_counted(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler_kubeconfig: Path) -> None:
+    await contention(api, namespace, control_plane, reconciler_kubeconfig, SHORT_RUN)
+
+
+@pytest.mark.skipif(not LONG_RUN, reason="a long run of its own: make contention")
+async def test_status_writes_rarely_conflict_with_the_core_and_other_adapters(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler_kubeconfig: Path) -> None:
+    shares = await contention(api, namespace, control_plane, reconciler_kubeconfig,
+                              int(LONG_RUN or 0))
+    assert shares.ours_share <= MAX_CONFLICT_SHARE, str(shares)
 
 
 def _conflicts_counted(reconciler: ReconcilerProcess, n: int) -> bool:
     wanted = 'nimbus_kubearmor_write_conflicts_total{resource="nimbuspolicies/status"}'
     return any(line.startswith(wanted) and float(line.rsplit(" ", 1)[1]) == n
                for line in reconciler.metrics().splitlines())
-
