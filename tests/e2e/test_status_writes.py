@@ -189,3 +189,23 @@ async def test_policies_created_are_logged_when_the_status_write_then_fails(
     created = [name for r in caplog.records if getattr(r, "nimbuspolicy", None) ==
                f"{namespace}/np" for name in getattr(r, "policies_created", [])]
     assert sorted(created) == ["np-dnsmanipulation", "np-unauthorizedsatokenaccess"]  # once
+
+
+async def test_what_was_written_is_logged_when_the_reconcile_then_crashes(
+        api: httpx.AsyncClient, namespace: str, reconciler: RunningReconciler,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the step after the writes (here: reporting raises) loses nothing from the log."""
+    caplog.set_level(logging.INFO, logger="reconciler")
+    controller = reconciler.controller
+    assert controller is not None
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in reporting")
+
+    monkeypatch.setattr(controller.reporter, "report", broken)
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    crashed = await eventually(lambda: [r for r in caplog.records
+                                        if r.getMessage() == "reconcile crashed"],
+                               what="the crash")
+    assert crashed[0].policies_created == ["np-dnsmanipulation"]
+    assert crashed[0].status_written is True and crashed[0].exc_info
