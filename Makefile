@@ -14,7 +14,7 @@ CONTAINER_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo pod
 BASE_IMAGE ?= debian
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak sieve lint bench demo run render crds image push-image clean
+.PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak sieve contention lint bench demo run render crds image push-image clean
 
 help: ## List the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +68,10 @@ e2e: controlplane tools prometheus container-tools ## Run the end-to-end tests o
 
 faults: controlplane ## Run the fault-injection tests only
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+CONTENTION_POLICIES ?= 100
+contention: controlplane ## Status writes next to the Nimbus core and two other adapters: the share refused (CONTENTION_POLICIES)
+	NIMBUS_CONTENTION_POLICIES=$(CONTENTION_POLICIES) $(PY) -m pytest -s tests/e2e/test_status_contention.py -k rarely $(PYTEST_ARGS)
 
 lint: venv ## uv.lock matches pyproject.toml, ruff on everything, mypy --strict on reconciler/
 	$(UV) lock --check --python $(PYTHON) --quiet

@@ -156,7 +156,11 @@ class CachedNimbusPolicy:
     controller: OwnerRef | None
     deleting: bool
     spec_json: str
+    # What the status held, exactly enough for a JSON patch to test it: whether there was a
+    # status at all, and whether it listed adapterPolicies (absent and [] differ to a `test`).
+    has_status: bool
     status: str  # status.status, written by the Nimbus core ("" if absent)
+    lists_adapter_policies: bool
     adapter_policies: tuple[str, ...]
     number_of_adapter_policies: int | None
 
@@ -181,8 +185,9 @@ class CachedNimbusPolicy:
     @classmethod
     def from_json(cls, obj: Obj) -> CachedNimbusPolicy:
         metadata = obj.get("metadata") or {}
-        status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-        assert isinstance(status, dict)
+        has_status = isinstance(obj.get("status"), dict)
+        status = obj["status"] if has_status else {}
+        listed = status.get("adapterPolicies")
         count = status.get("numberOfAdapterPolicies")
         try:
             generation = int(metadata.get("generation") or 0)
@@ -197,7 +202,9 @@ class CachedNimbusPolicy:
             controller=_owner_refs_of(metadata)[0],
             deleting=bool(metadata.get("deletionTimestamp")),
             spec_json=json.dumps(obj.get("spec"), separators=(",", ":")),
+            has_status=has_status,
             status=str(status.get("status") or ""),
-            adapter_policies=tuple(str(e) for e in status.get("adapterPolicies") or ()),
+            lists_adapter_policies=isinstance(listed, list),
+            adapter_policies=tuple(str(e) for e in listed) if isinstance(listed, list) else (),
             number_of_adapter_policies=count if isinstance(count, int) else None,
         )

@@ -29,7 +29,6 @@ from .keystate import KeyState, KeyStates
 from .kube import (
     JSON_PATCH,
     KUBEARMOR_POLICIES,
-    MERGE_PATCH,
     NIMBUS_POLICIES,
     ApiError,
     KubeClient,
@@ -45,6 +44,13 @@ from .workqueue import Priority, QueueShutDown, WorkQueue
 log = logging.getLogger(__name__)
 CONTROLLER = "nimbuspolicy"
 FIELD_MANAGER = "nimbus-kubearmor"
+# A status write refused because another adapter changed adapterPolicies since we read them is
+# made again at once on a fresh read (client-go's RetryOnConflict), this many times in all;
+# then the reconcile fails and the work queue's backoff takes over.
+STATUS_ATTEMPTS = 3
+# Failed reconciles in a row, every failure a write that met a newer version of its object
+# (another controller wrote first), that are retried quietly (debug); more is a warning.
+QUIET_CONFLICT_RETRIES = 3
 
 
 @attrs.frozen
@@ -235,14 +241,16 @@ class Controller:
             await anyio.lowlevel.checkpoint()
 
     async def process(self, key: str) -> Outcome:
-        """One reconcile with its bookkeeping: metrics, and a retry with backoff on failure."""
+        """One reconcile with its bookkeeping: metrics, a log line for whatever it wrote
+        (also when a later step failed), and a retry with backoff on failure."""
         active, started = self._gauges[1], self.clock.now()
         active.inc()
+        outcome = Outcome(key)
         try:
-            outcome = await self.reconcile(key)
+            await self.reconcile(key, outcome)
         except Exception as error:  # a bug must not stop the worker; the key is retried
-            log.exception("reconcile crashed", extra={"nimbuspolicy": key})
-            outcome = Outcome(key, errors=[api_error(error) or ApiError(0, "Crash", repr(error))])
+            log.exception("reconcile crashed", extra={"nimbuspolicy": key, **_done(outcome)})
+            outcome.errors.append(api_error(error) or ApiError(0, "Crash", repr(error)))
         finally:
             active.dec()
             self.metrics.reconcile_time.labels(CONTROLLER).observe(self.clock.now() - started)
@@ -251,23 +259,29 @@ class Controller:
             self.metrics.reconcile_errors.labels(CONTROLLER).inc()
             retry_after = max((e.retry_after or 0.0) for e in outcome.errors)
             self.queue.add_rate_limited(key, at_least=retry_after)
-            log.warning("reconcile failed, will retry", extra={
-                "nimbuspolicy": key, "retries": self.queue.num_requeues(key),
-                "errors": [str(e) for e in outcome.errors]})
+            retries = self.queue.num_requeues(key)
+            fields = {"nimbuspolicy": key, "retries": retries,
+                      "errors": [str(e) for e in outcome.errors], **_done(outcome)}
+            if all(e.stale for e in outcome.errors) and retries <= QUIET_CONFLICT_RETRIES:
+                # Another controller wrote first; the retry reads what it wrote. What this
+                # reconcile did write is still worth saying at the usual level.
+                log.log(logging.INFO if outcome.wrote else logging.DEBUG,
+                        "a write met a newer version of its object, will retry", extra=fields)
+            else:
+                log.warning("reconcile failed, will retry", extra=fields)
         else:
             self.metrics.reconcile_total.labels(CONTROLLER, "success").inc()
             self.queue.forget(key)
             if outcome.wrote:
-                log.info("reconciled", extra={
-                    "nimbuspolicy": key, "policies_created": outcome.created,
-                    "policies_updated": outcome.updated, "policies_deleted": outcome.deleted,
-                    "status_written": outcome.status_written})
+                log.info("reconciled", extra={"nimbuspolicy": key, **_done(outcome)})
         return outcome
 
     # --- the sync handler ------------------------------------------------------------------------
 
-    async def reconcile(self, key: str) -> Outcome:
-        outcome = Outcome(key)
+    async def reconcile(self, key: str, outcome: Outcome | None = None) -> Outcome:
+        """`outcome`: where to record what is done as it is done (so that a caller still knows
+        what was written when this raises)."""
+        outcome = outcome if outcome is not None else Outcome(key)
         # read
         nimbus_policy = self.nimbus_policies.get(key)
         if nimbus_policy is None:
@@ -377,7 +391,9 @@ class Controller:
         if error.namespace_terminating:
             raise NamespaceTerminating(str(error))
         outcome.errors.append(error)
-        if error.status in (403, 422):  # refused, not failed: say so where the user looks
+        if error.stale:  # made on an outdated read: retried on a newer one, nothing to report
+            self.metrics.write_conflicts.labels(_conflict_resource(resource)).inc()
+        elif error.status in (403, 422):  # refused, not failed: say so where the user looks
             outcome.problems.append(Problem(
                 ProblemKind.WRITE_REFUSED, outcome.key, "spec.rules",
                 f"{verb} of {resource} was refused by the API server: {error}",
@@ -452,20 +468,66 @@ class Controller:
 
     async def _write_status(self, nimbus_policy: CachedNimbusPolicy, names: list[str],
                             outcome: Outcome) -> None:
-        patch = status_patch(nimbus_policy, names)
-        if patch is None:
-            return
-        if not self.config.dry_run:
+        # The newest copy the cache has: entries other adapters wrote while our policies were
+        # being written have likely arrived by now, and a patch tested against them holds.
+        latest = self.nimbus_policies.get(nimbus_policy.key)
+        current = latest if latest is not None and latest.uid == nimbus_policy.uid \
+            else nimbus_policy
+        for attempt in range(1, STATUS_ATTEMPTS + 1):
+            patch = status_patch(current, names)
+            if patch is None:
+                return
+            if self.config.dry_run:
+                outcome.status_written = True
+                return
             try:
-                written = await self.client.patch(NIMBUS_POLICIES, nimbus_policy.namespace,
-                                                  nimbus_policy.name, patch, MERGE_PATCH,
+                written = await self.client.patch(NIMBUS_POLICIES, current.namespace,
+                                                  current.name, patch, JSON_PATCH,
                                                   FIELD_MANAGER, subresource="status")
             except ApiError as error:
-                self._failed("patch", "nimbuspolicies/status", error, outcome)
-                return
+                if not error.stale or attempt == STATUS_ATTEMPTS:
+                    self._failed("patch", "nimbuspolicies/status", error, outcome)
+                    return
+                self.metrics.write_errors.labels("patch", str(error.status)).inc()
+                self.metrics.write_conflicts.labels("nimbuspolicies/status").inc()
+                log.debug("status write met another adapter's, retrying on a fresh read",
+                          extra={"nimbuspolicy": outcome.key, "attempt": attempt,
+                                 "error": str(error)})
+                fresh = await self._read_again(current, outcome)
+                if fresh is None:
+                    return
+                current = fresh
+                continue
             self._wrote("patch", "nimbuspolicies/status")
             self._remember(self.nimbus_policies, CachedNimbusPolicy.from_json(written))
-        outcome.status_written = True
+            outcome.status_written = True
+            return
+
+    async def _read_again(self, nimbus_policy: CachedNimbusPolicy,
+                          outcome: Outcome) -> CachedNimbusPolicy | None:
+        """The NimbusPolicy as the API server has it now, for a write to retry at once (not
+        for the cache, which holds only what the watch and our writes brought); None when it
+        is gone or replaced (its successor gets a reconcile of its own) or the read failed."""
+        try:
+            obj = await self.client.get(NIMBUS_POLICIES, nimbus_policy.namespace,
+                                        nimbus_policy.name)
+        except ApiError as error:
+            self.metrics.write_errors.labels("get", str(error.status)).inc()
+            outcome.errors.append(error)
+            return None
+        fresh = CachedNimbusPolicy.from_json(obj) if obj is not None else None
+        return fresh if fresh is not None and fresh.uid == nimbus_policy.uid else None
+
+
+def _done(outcome: Outcome) -> dict[str, Any]:
+    """What a reconcile wrote, as log fields."""
+    return {"policies_created": outcome.created, "policies_updated": outcome.updated,
+            "policies_deleted": outcome.deleted, "status_written": outcome.status_written}
+
+
+def _conflict_resource(resource: str) -> str:
+    """The write_conflicts label of what `_failed` names ("KubeArmorPolicy x", ...)."""
+    return "nimbuspolicies/status" if resource == "nimbuspolicies/status" else "kubearmorpolicies"
 
 
 def summary_counts(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -3,7 +3,6 @@ policies to create, patch or delete, the patch that repairs a drifted one, and t
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -159,11 +158,19 @@ def repair_patch(update: PolicyUpdate, wanted: Obj) -> list[Obj]:
     return ops
 
 
-def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str],
-                 now: dt.datetime | None = None) -> Obj | None:
-    """The merge patch for the NimbusPolicy's /status, or None when it is already right.
+def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str]
+                 ) -> list[Obj] | None:
+    """The JSON patch for the NimbusPolicy's /status, or None when it is already right.
     Other adapters' entries (NetworkPolicy/..., ...) keep their place; ours are made exactly
-    `policy_names`, and numberOfAdapterPolicies is the length of the list."""
+    `policy_names`, and numberOfAdapterPolicies is the length of the list.
+
+    Its precondition is the one field it rewrites: a `test` that adapterPolicies is still as
+    read (absent or null tests as absent), not the object's resourceVersion, so the Nimbus core
+    writing status.status or lastUpdated meanwhile does not refuse it; another adapter changing
+    its entries does (422, `ApiError.patch_test_failed`), and it is made again on a fresh read.
+    The API server applies a patch to the current object, retrying itself when etcd moved on,
+    so what the tests check is what it is applied to. status.status (required by the schema)
+    is written only where it is absent, as "Created"; lastUpdated is the core's."""
     current = list(nimbus_policy.adapter_policies)
     wanted = {OUR_STATUS_PREFIX + name for name in policy_names}
     merged = [e for e in current if not e.startswith(OUR_STATUS_PREFIX) or e in wanted]
@@ -171,9 +178,15 @@ def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str],
     if merged == current and nimbus_policy.number_of_adapter_policies == len(merged) \
             and nimbus_policy.status:
         return None
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    patch: Obj = {"adapterPolicies": merged, "numberOfAdapterPolicies": len(merged),
-                  "lastUpdated": stamp}
+    if not nimbus_policy.has_status:
+        return [{"op": "test", "path": "/status", "value": None},
+                {"op": "add", "path": "/status", "value": {
+                    "status": "Created", "numberOfAdapterPolicies": len(merged),
+                    "adapterPolicies": merged}}]
+    ops: list[Obj] = [{"op": "test", "path": "/status/adapterPolicies",
+                       "value": current if nimbus_policy.lists_adapter_policies else None}]
     if not nimbus_policy.status:
-        patch["status"] = "Created"
-    return {"metadata": {"resourceVersion": nimbus_policy.resource_version}, "status": patch}
+        ops += [{"op": "test", "path": "/status/status", "value": None},
+                {"op": "add", "path": "/status/status", "value": "Created"}]
+    return [*ops, {"op": "add", "path": "/status/adapterPolicies", "value": merged},
+            {"op": "add", "path": "/status/numberOfAdapterPolicies", "value": len(merged)}]

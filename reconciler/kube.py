@@ -4,11 +4,14 @@ streaming WATCH with a read timeout, and the writes, with errors as one `ApiErro
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import email.utils
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
@@ -49,36 +52,52 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 class ApiError(Exception):
     """A failed request. `status` is the HTTP status, or 0 when no response came back
     (connection refused or reset, timeout). `causes` are the Status body's
-    details.causes[].type values (e.g. NamespaceTerminating)."""
+    details.causes[].reason values (e.g. NamespaceTerminating; "" for a cause without one);
+    `object_named`: its details name the object (every refusal by the schema, an admission
+    policy or a webhook does)."""
 
     def __init__(self, status: int, reason: str, message: str,
-                 retry_after: float | None = None, causes: tuple[str, ...] = ()) -> None:
+                 retry_after: float | None = None, causes: tuple[str, ...] = (),
+                 object_named: bool = False) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
         self.causes = causes
+        self.object_named = object_named
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiError:
+    def from_response(cls, response: httpx.Response,
+                      wall_clock: Callable[[], float] = time.time) -> ApiError:
         """The error a non-2xx answer stands for, from its Kubernetes Status body when it has
-        one (a proxy or load balancer may answer with plain text or HTML instead)."""
+        one (a proxy or load balancer may answer with plain text or HTML instead, or cut the
+        body short). `wall_clock`: the time a Retry-After date is counted from when the answer
+        has no Date header."""
         body: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):  # not JSON, not UTF-8, truncated
             parsed = response.json()
             if isinstance(parsed, dict):
                 body = parsed
         raw_details = body.get("details")
         details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
-        causes = tuple(str(c.get("type") or "") for c in details.get("causes") or []
-                       if isinstance(c, dict))
-        retry_after = _retry_after(response)
-        if retry_after is None and isinstance(details.get("retryAfterSeconds"), int | float):
-            retry_after = float(details["retryAfterSeconds"])
-        message = str(body.get("message") or response.text[:200].strip() or response.reason_phrase)
-        return cls(response.status_code, str(body.get("reason") or response.reason_phrase or "Error"),
-                   message, retry_after, causes)
+        raw_causes = details.get("causes")
+        # A StatusCause's type is sent as "reason" (metav1.StatusCause.Type's JSON name).
+        causes = tuple(str(c.get("reason") or "") for c in raw_causes
+                       if isinstance(c, dict)) if isinstance(raw_causes, list) else ()
+        retry_after = _retry_after(response, wall_clock)
+        seconds = details.get("retryAfterSeconds")
+        if retry_after is None and isinstance(seconds, int | float) and \
+                not isinstance(seconds, bool) and 0 <= seconds < math.inf:
+            retry_after = float(seconds)
+        message = body.get("message")
+        if not isinstance(message, str) or not message:
+            message = " ".join(response.text[:200].split()) or response.reason_phrase
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason:
+            reason = response.reason_phrase or "Error"
+        return cls(response.status_code, reason, message, retry_after, causes,
+                   object_named=bool(details.get("name") or details.get("kind")))
 
     @property
     def gone(self) -> bool:
@@ -87,6 +106,22 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409 and self.reason == "Conflict"
+
+    @property
+    def patch_test_failed(self) -> bool:
+        """A JSON patch that did not apply to the object as it now is: one of its `test`
+        operations did not hold (or a path it names is gone). The API server answers that with
+        422 Invalid, its generic message and empty details (the patch library's words are
+        dropped); a refusal by the schema or an admission policy is also 422 Invalid but
+        names the object and the causes."""
+        return self.status == 422 and self.reason == "Invalid" and not self.causes \
+            and not self.object_named
+
+    @property
+    def stale(self) -> bool:
+        """The write was made against a version of the object that is no longer the current
+        one: read it again and retry (409 Conflict, or a JSON patch whose test failed)."""
+        return self.conflict or self.patch_test_failed
 
     @property
     def already_exists(self) -> bool:
@@ -113,12 +148,38 @@ class ApiError(Exception):
         return self.status == 0 or self.status == 429 or self.status >= 500
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+def _retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
+    """Retry-After in seconds, or as an HTTP date (RFC 9110 10.2.3): counted from the answer's
+    own Date header when it has one (the server's clock on both sides), else from now. None
+    when absent or unreadable; a date already past is 0."""
+    value = response.headers.get("Retry-After")
+    if value is None:
         return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        seconds = float(value)  # not the standard's form, but unambiguous
+    except ValueError:
+        pass
+    else:
+        return seconds if 0 <= seconds < math.inf else None
+    when = _http_date(value)
+    if when is None:
+        return None
+    sent = _http_date(response.headers.get("Date") or "")
+    return max(0.0, when - (sent if sent is not None else wall_clock()))
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP date (IMF-fixdate, or the obsolete RFC 850 and asctime forms) as a POSIX time."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # asctime and "-0000": HTTP dates are always GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def api_error(error: BaseException) -> ApiError | None:

@@ -34,6 +34,7 @@ QUEUE_LABELS = ("name", "controller")
 DRIFT_FIELDS = ("missing", "spec", "labels", "annotations", "owner")
 POLICY_WRITES = (("create", "kubearmorpolicies"), ("patch", "kubearmorpolicies"),
                  ("delete", "kubearmorpolicies"), ("patch", "nimbuspolicies/status"))
+CONFLICT_RESOURCES = ("kubearmorpolicies", "nimbuspolicies/status")
 
 
 class Metrics:
@@ -84,6 +85,12 @@ class Metrics:
         self.write_errors = Counter("nimbus_kubearmor_api_errors_total",
                                     "Failed API requests, by verb and HTTP status code",
                                     ("verb", "code"), registry=r)
+        self.write_conflicts = Counter(
+            "nimbus_kubearmor_write_conflicts_total",
+            "Writes refused because the object had changed since it was read (409 Conflict, or "
+            "a status patch whose test of adapterPolicies failed: another adapter wrote its "
+            "entries), by resource; each is made again on a fresh read", ("resource",),
+            registry=r)
         # Every series of a known label value exists from the start, at 0 (controller-runtime
         # does the same for its own): increase() and rate() never count a series' first sample,
         # so the first problem of a kind, exported straight at 1, would be invisible to the
@@ -95,6 +102,8 @@ class Metrics:
             self.drift_corrections.labels(field)
         for verb, resource in POLICY_WRITES:
             self.policy_writes.labels(verb, resource)
+        for resource in CONFLICT_RESOURCES:
+            self.write_conflicts.labels(resource)
         self.cache_synced = Gauge("nimbus_kubearmor_cache_synced",
                                   "1 when the reflector of a resource in a namespace scope (\"\" for "
                                   "all) has listed and is watching", ("resource", "namespace"),

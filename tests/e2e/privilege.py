@@ -141,6 +141,10 @@ KEPT = {
         "not a request of its own: where the OwnerReferencesPermissionEnforcement admission "
         "plugin is on (OpenShift, hardened clusters), creating a policy whose ownerReference "
         "sets blockOwnerDeletion (ours do) needs it on the owner",
+    "get intent.security.nimbus.com/nimbuspolicies":
+        "only when our status patch's test finds adapterPolicies changed by another adapter "
+        "since we read it (then the status is read again and the write tried once more): a "
+        "race this scenario does not provoke; tests/e2e/test_status_writes.py does",
 }
 
 

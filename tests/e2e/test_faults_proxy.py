@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -409,3 +410,34 @@ async def test_a_repair_that_meets_a_newer_version_is_refused_then_made_on_it(
         answers = [e.status for e in proxy.requests(kind="write", method="PATCH",
                                                     path="/kubearmorpolicies/")]
         assert answers[0] == 409 and answers[-1] == 200, answers
+
+
+async def test_a_status_conflict_is_quiet_while_retried_and_a_warning_when_it_persists(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy, caplog: pytest.LogCaptureFixture) -> None:
+    """Every status write answered 409 (as if another controller always wrote first), twelve
+    times: three attempts a reconcile, four reconciles. The first three failures are retried
+    quietly (the first still says, at info, the policy it created), the fourth is a warning,
+    the fifth converges; none is reported as a refusal."""
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    key = f"{namespace}/web"
+    conflicts = proxy.add(Rule(Status(409, "Conflict", "the object has been modified"),
+                               kind="write", method="PATCH", path=r"/nimbuspolicies/web/status",
+                               times=12))
+    async with through(proxy, control_plane, namespace) as running:
+        await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+        await eventually(lambda: [r for r in caplog.records if r.getMessage() == "reconciled"
+                                  and getattr(r, "nimbuspolicy", None) == key],
+                         what="convergence after the conflicts")
+        assert conflicts.hits == 12
+        assert running.metric("nimbus_kubearmor_write_conflicts_total",
+                              resource="nimbuspolicies/status") == 12
+        assert running.metric("nimbus_kubearmor_problems_total", kind="WriteRefused") == 0
+    failures = [r for r in caplog.records if getattr(r, "nimbuspolicy", None) == key
+                and getattr(r, "errors", None)]
+    assert [(r.levelno, r.retries) for r in failures] == [
+        (logging.INFO, 1), (logging.DEBUG, 2), (logging.DEBUG, 3), (logging.WARNING, 4)]
+    assert failures[0].policies_created == ["web-dnsmanipulation"]
+    assert all("409 Conflict" in e for r in failures for e in r.errors)
+    attempts = [r for r in caplog.records if "another adapter's" in r.getMessage()]
+    assert len(attempts) == 8 and {r.levelno for r in attempts} == {logging.DEBUG}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-import datetime as dt
 from typing import Any
+
+import pytest
 
 from reconciler.builder import desired_policies
 from reconciler.cached import CachedNimbusPolicy, CachedPolicy
@@ -19,8 +20,6 @@ from reconciler.diff import (
 )
 from reconciler.model import KubeArmorPolicy, to_dict
 from reconciler.parse import parse_nimbus_policy
-
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def nimbus_policy(rules: list[str], status: dict[str, Any] | None = None,
@@ -51,14 +50,26 @@ def stored(policy: KubeArmorPolicy, rv: str = "3") -> dict[str, Any]:
     return obj
 
 
+class PatchTestFailed(Exception):
+    pass
+
+
 def apply(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    """A small JSON-patch applier for the ops repair_patch emits (add/replace on paths)."""
+    """A small JSON-patch applier for the ops repair_patch and status_patch emit (add/replace
+    on object members; test as the API server's json-patch library does it: a missing member
+    tests equal to null, a missing parent fails)."""
     result = copy.deepcopy(obj)
     for op in ops:
         parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
         target = result
         for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise PatchTestFailed(f"{op['path']}: missing parent")
             target = target[part]
+        if op["op"] == "test":
+            if target.get(parts[-1]) != op["value"]:
+                raise PatchTestFailed(f"{op['path']}: {target.get(parts[-1])!r} != {op['value']!r}")
+            continue
         assert op["op"] in ("add", "replace")
         target[parts[-1]] = op["value"]
     return result
@@ -170,21 +181,75 @@ def test_names_held_by_others_are_conflicts_not_takeovers() -> None:
 
 def test_status_patch_merges_with_other_adapters_and_is_none_when_right() -> None:
     np = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 2,
+                            "lastUpdated": "2026-01-02T03:04:05Z",
                             "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]})
-    patch = status_patch(cached_np(np), ["np-new", "np-b"], NOW)
-    assert patch == {"metadata": {"resourceVersion": "9"}, "status": {
-        "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-new", "KubeArmorPolicy/np-b"],
-        "numberOfAdapterPolicies": 3, "lastUpdated": "2026-01-02T03:04:05Z"}}
-    np["status"] |= patch["status"]
-    assert status_patch(cached_np(np), ["np-b", "np-new"], NOW) is None  # ours in any order
-    fresh = status_patch(cached_np(nimbus_policy([])), [], NOW)
-    assert fresh is not None and fresh["status"] == {
-        "adapterPolicies": [], "numberOfAdapterPolicies": 0, "lastUpdated": "2026-01-02T03:04:05Z",
-        "status": "Created"}
+    patch = status_patch(cached_np(np), ["np-new", "np-b"])
+    assert patch == [
+        {"op": "test", "path": "/status/adapterPolicies",
+         "value": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]},
+        {"op": "add", "path": "/status/adapterPolicies",
+         "value": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-new", "KubeArmorPolicy/np-b"]},
+        {"op": "add", "path": "/status/numberOfAdapterPolicies", "value": 3}]
+    written = apply(np, patch)
+    # the core's fields are left alone
+    assert written["status"]["status"] == "Created"
+    assert written["status"]["lastUpdated"] == "2026-01-02T03:04:05Z"
+    assert status_patch(cached_np(written), ["np-b", "np-new"]) is None  # ours in any order
     drifted_count = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 5,
                                        "adapterPolicies": ["KubeArmorPolicy/np-a"]})
-    fixed = status_patch(cached_np(drifted_count), ["np-a"], NOW)
-    assert fixed is not None and fixed["status"]["numberOfAdapterPolicies"] == 1
+    fixed = status_patch(cached_np(drifted_count), ["np-a"])
+    assert fixed is not None
+    assert apply(drifted_count, fixed)["status"]["numberOfAdapterPolicies"] == 1
+
+
+def test_status_patch_tests_only_adapter_policies_as_read() -> None:
+    np = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 1,
+                            "adapterPolicies": ["NetworkPolicy/np-a"]})
+    patch = status_patch(cached_np(np), ["np-x"])
+    assert patch is not None
+    # the core stamping lastUpdated (a new resourceVersion) meanwhile: it still applies
+    stamped = copy.deepcopy(np)
+    stamped["metadata"]["resourceVersion"] = "10"
+    stamped["status"]["lastUpdated"] = "2026-01-02T03:04:06Z"
+    assert apply(stamped, patch)["status"]["adapterPolicies"] == ["NetworkPolicy/np-a",
+                                                                  "KubeArmorPolicy/np-x"]
+    # another adapter adding its entry meanwhile: refused, so nothing of theirs is lost
+    other = copy.deepcopy(np)
+    other["status"]["adapterPolicies"].append("ClusterPolicy/np-b")
+    with pytest.raises(PatchTestFailed):
+        apply(other, patch)
+
+
+def test_status_patch_for_every_shape_of_status() -> None:
+    """No status yet (the core has not written it), a status without adapterPolicies, and one
+    without status.status (required by the schema: added as Created, tested absent)."""
+    absent = nimbus_policy([])
+    patch = status_patch(cached_np(absent), ["np-a"])
+    assert patch == [{"op": "test", "path": "/status", "value": None},
+                     {"op": "add", "path": "/status", "value": {
+                         "status": "Created", "numberOfAdapterPolicies": 1,
+                         "adapterPolicies": ["KubeArmorPolicy/np-a"]}}]
+    assert status_patch(cached_np(absent), []) is not None  # status.status is still required
+    with_status = apply(absent, [{"op": "add", "path": "/status",
+                                  "value": {"status": "Pending", "numberOfAdapterPolicies": 0}}])
+    with pytest.raises(PatchTestFailed):  # the core wrote its status meanwhile: refused
+        apply(with_status, patch)
+    patch = status_patch(cached_np(with_status), ["np-a"])
+    assert patch is not None and patch[0] == {"op": "test", "path": "/status/adapterPolicies",
+                                              "value": None}
+    written = apply(with_status, patch)["status"]
+    assert written == {"status": "Pending", "numberOfAdapterPolicies": 1,
+                       "adapterPolicies": ["KubeArmorPolicy/np-a"]}
+    empty = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 0,
+                               "adapterPolicies": []})
+    patch = status_patch(cached_np(empty), ["np-a"])
+    assert patch is not None and patch[0]["value"] == []  # [] is not absent to a test
+    assert status_patch(cached_np(empty), []) is None
+    no_status_field = nimbus_policy([], {"numberOfAdapterPolicies": 0})
+    patch = status_patch(cached_np(no_status_field), [])
+    assert patch is not None
+    assert apply(no_status_field, patch)["status"] == {
+        "status": "Created", "numberOfAdapterPolicies": 0, "adapterPolicies": []}
 
 
 def test_cached_policies_keep_only_a_digest_of_their_spec() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from reconciler.metrics import DRIFT_FIELDS, POLICY_WRITES, Metrics
+from reconciler.metrics import CONFLICT_RESOURCES, DRIFT_FIELDS, POLICY_WRITES, Metrics
 from reconciler.problems import ProblemKind
 
 RECONCILER = Path(__file__).resolve().parents[2] / "reconciler"
@@ -28,6 +28,9 @@ def test_every_problem_kind_and_drift_field_is_exported_at_zero_from_the_start()
     for verb, resource in POLICY_WRITES:
         assert registry.get_sample_value("nimbus_kubearmor_policy_writes_total",
                                          {"verb": verb, "resource": resource}) == 0
+    for resource in CONFLICT_RESOURCES:
+        assert registry.get_sample_value("nimbus_kubearmor_write_conflicts_total",
+                                         {"resource": resource}) == 0
 
 
 def test_drift_fields_name_every_field_a_correction_is_counted_under() -> None:
@@ -39,3 +42,4 @@ def test_drift_fields_name_every_field_a_correction_is_counted_under() -> None:
 def test_policy_writes_name_every_write_the_controller_counts() -> None:
     counted = set(re.findall(r'_wrote\("(\w+)", "([\w/]+)"\)', source("controller.py")))
     assert counted == set(POLICY_WRITES)
+

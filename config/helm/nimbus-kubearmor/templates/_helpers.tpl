@@ -30,11 +30,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* Exactly what the reconciler does (config/rbac/role.yaml; a test keeps them equal). */}}
 {{- define "nimbus-kubearmor.rules" -}}
-# Reads every NimbusPolicy (list + watch into its cache; it never reads one by name).
+# Reads every NimbusPolicy (list + watch into its cache; get when its status write
+# met another adapter's, to retry on what that one wrote).
 - apiGroups: [intent.security.nimbus.com]
   resources: [nimbuspolicies]
-  verbs: [list, watch]
-# Writes its part of a NimbusPolicy's status (merge patch on /status).
+  verbs: [get, list, watch]
+# Writes its part of a NimbusPolicy's status (JSON patch on /status).
 - apiGroups: [intent.security.nimbus.com]
   resources: [nimbuspolicies/status]
   verbs: [patch]

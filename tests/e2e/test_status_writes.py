@@ -1,0 +1,211 @@
+"""The NimbusPolicy status write on the real API server, made on a copy of the NimbusPolicy that
+others have written since it was read (a controller whose watch has not delivered their writes
+yet: here one that listed and is not watching, so the copy stays exactly as old as the test
+makes it). And what a reconcile writes is logged even when a later step of it fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kr8s.asyncio
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reconciler.controller import Controller, ControllerConfig
+from reconciler.kube import KubeClient
+from reconciler.metrics import Metrics
+from tests.controlplane.launcher import LocalControlPlane
+from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually
+from tests.e2e.nimbus import create_nimbus_policy, has_policies, nimbus_policies, rule
+from tests.e2e.refusals import admission_denies
+
+
+@pytest.fixture
+async def listed(reconciler_kubeconfig: Path, namespace: str
+                 ) -> AsyncIterator[tuple[Controller, Metrics]]:
+    """A controller of `namespace` as the reconciler's identity, not running: `list()` fills
+    its caches once (as --once does), and they stay as listed."""
+    api = await kr8s.asyncio.api(kubeconfig=str(reconciler_kubeconfig))
+    metrics = Metrics(CollectorRegistry())
+    yield Controller(KubeClient(api), metrics, ControllerConfig(namespaces=(namespace,))), metrics
+
+
+async def list_into(controller: Controller) -> None:
+    for reflector in controller.reflectors:
+        await reflector.list_once()
+
+
+async def status_of(api: httpx.AsyncClient, namespace: str, name: str) -> dict[str, Any]:
+    response = await api.get(f"{nimbus_policies(namespace)}/{name}")
+    response.raise_for_status()
+    return response.json().get("status") or {}  # type: ignore[no-any-return]
+
+
+async def write_status(api: httpx.AsyncClient, namespace: str, name: str,
+                       status: dict[str, Any]) -> None:
+    """As the Nimbus core and upstream's adapters write it: the whole status, PUT with the
+    resourceVersion just read."""
+    url = f"{nimbus_policies(namespace)}/{name}"
+    obj = (await api.get(url)).json()
+    obj["status"] = status
+    (await api.put(f"{url}/status", json=obj)).raise_for_status()
+
+
+def status_writes(control_plane: LocalControlPlane, namespace: str, since: int) -> list[int]:
+    """The answers to the reconciler's status writes in `namespace`, in order."""
+    return [e["responseStatus"]["code"] for e in control_plane.audit_events()[since:]
+            if e["user"].get("username") == RECONCILER_USER and e["verb"] == "patch"
+            and e.get("objectRef", {}).get("subresource") == "status"
+            and e["objectRef"].get("namespace") == namespace]
+
+
+def stamp(seconds: int) -> str:
+    return (dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_the_cores_fields_written_since_our_read_do_not_refuse_our_status_write(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics]) -> None:
+    controller, metrics = listed
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await write_status(api, namespace, "np", {"status": "Created", "lastUpdated": stamp(1),
+                                              "numberOfAdapterPolicies": 1,
+                                              "adapterPolicies": ["NetworkPolicy/np-dns"]})
+    await list_into(controller)
+    # the core stamps the status again: a new resourceVersion, adapterPolicies unchanged
+    await write_status(api, namespace, "np", {"status": "Created", "lastUpdated": stamp(2),
+                                              "numberOfAdapterPolicies": 1,
+                                              "adapterPolicies": ["NetworkPolicy/np-dns"]})
+    mark = len(control_plane.audit_events())
+    outcome = await controller.reconcile(f"{namespace}/np")
+    assert not outcome.failed and outcome.status_written, outcome.errors
+    assert status_writes(control_plane, namespace, mark) == [200]  # one write, accepted
+    assert await status_of(api, namespace, "np") == {
+        "status": "Created", "lastUpdated": stamp(2), "numberOfAdapterPolicies": 2,
+        "adapterPolicies": ["NetworkPolicy/np-dns", "KubeArmorPolicy/np-dnsmanipulation"]}
+    assert metrics.registry.get_sample_value("nimbus_kubearmor_write_conflicts_total",
+                                             {"resource": "nimbuspolicies/status"}) == 0
+
+
+async def test_another_adapters_entry_written_since_our_read_is_kept(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="reconciler")
+    controller, metrics = listed
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await write_status(api, namespace, "np", {"status": "Created", "numberOfAdapterPolicies": 0})
+    await list_into(controller)  # no adapterPolicies yet: the patch tests that they are absent
+    await write_status(api, namespace, "np", {"status": "Created", "numberOfAdapterPolicies": 1,
+                                              "adapterPolicies": ["ClusterPolicy/np-dns"]})
+    mark = len(control_plane.audit_events())
+    outcome = await controller.reconcile(f"{namespace}/np")
+    assert not outcome.failed and outcome.status_written, outcome.errors
+    # refused (the test of adapterPolicies failed), read again, made again on what it read
+    assert status_writes(control_plane, namespace, mark) == [422, 200]
+    assert await status_of(api, namespace, "np") == {
+        "status": "Created", "numberOfAdapterPolicies": 2,
+        "adapterPolicies": ["ClusterPolicy/np-dns", "KubeArmorPolicy/np-dnsmanipulation"]}
+    assert metrics.registry.get_sample_value("nimbus_kubearmor_write_conflicts_total",
+                                             {"resource": "nimbuspolicies/status"}) == 1
+    # retried, so quiet: a debug line, no warning, no Event about a refusal
+    assert any(r.levelno == logging.DEBUG and "another adapter" in r.getMessage()
+               for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not outcome.problems
+
+
+async def test_a_status_the_core_wrote_since_we_read_none_is_kept(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics]) -> None:
+    controller, _ = listed
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await list_into(controller)  # no status at all: the patch would add the whole of it
+    await write_status(api, namespace, "np", {"status": "Pending", "lastUpdated": stamp(3),
+                                              "numberOfAdapterPolicies": 1,
+                                              "adapterPolicies": ["NetworkPolicy/np-dns"]})
+    mark = len(control_plane.audit_events())
+    outcome = await controller.reconcile(f"{namespace}/np")
+    assert not outcome.failed, outcome.errors
+    assert status_writes(control_plane, namespace, mark) == [422, 200]
+    assert await status_of(api, namespace, "np") == {  # the core's status.status kept
+        "status": "Pending", "lastUpdated": stamp(3), "numberOfAdapterPolicies": 2,
+        "adapterPolicies": ["NetworkPolicy/np-dns", "KubeArmorPolicy/np-dnsmanipulation"]}
+    # with none written by anyone, ours writes status.status (the schema requires it)
+    await create_nimbus_policy(api, namespace, "bare", [rule("dnsManipulation")])
+    await list_into(controller)
+    outcome = await controller.reconcile(f"{namespace}/bare")
+    assert not outcome.failed, outcome.errors
+    assert await status_of(api, namespace, "bare") == {
+        "status": "Created", "numberOfAdapterPolicies": 1,
+        "adapterPolicies": ["KubeArmorPolicy/bare-dnsmanipulation"]}
+
+
+async def test_policies_created_are_logged_when_the_status_write_then_fails(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler")
+    # an orphan (the reconciler leaves it alone) to probe the admission policy with
+    await create_nimbus_policy(api, namespace, "probe", [rule("dnsManipulation")], owner=None)
+
+    def probe(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.patch(f"{nimbus_policies(namespace)}/probe/status",
+                            params={"dryRun": "All"},
+                            content=json.dumps({"status": {"status": "Created",
+                                                           "numberOfAdapterPolicies": 0}}),
+                            headers={"Content-Type": "application/merge-patch+json"})
+
+    async with admission_denies(control_plane, namespace=namespace,
+                                group="intent.security.nimbus.com",
+                                resource="nimbuspolicies/status", operations=("UPDATE",),
+                                probe=probe):
+        await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation"),
+                                                          rule("unAuthorizedSaTokenAccess")])
+        await eventually(lambda: has_policies(api, namespace, "np-dnsmanipulation",
+                                              "np-unauthorizedsatokenaccess"),
+                         what="the policies, created before the status write is refused")
+        await eventually(lambda: [r for r in caplog.records
+                                  if getattr(r, "nimbuspolicy", None) == f"{namespace}/np"
+                                  and getattr(r, "errors", None)],
+                         what="the failed reconcile's log line")
+    failed = next(r for r in caplog.records if getattr(r, "nimbuspolicy", None) ==
+                  f"{namespace}/np" and getattr(r, "errors", None))
+    # the same line says what was done and what failed
+    assert failed.levelno == logging.WARNING
+    assert sorted(failed.policies_created) == ["np-dnsmanipulation",
+                                               "np-unauthorizedsatokenaccess"]
+    assert failed.status_written is False and "403" in failed.errors[0]
+    # lifted: the retry writes the status, and says only that
+    await eventually(lambda: status_of(api, namespace, "np"), what="the status")
+    await eventually(lambda: [r for r in caplog.records if r.getMessage() == "reconciled"
+                              and getattr(r, "nimbuspolicy", None) == f"{namespace}/np"
+                              and r.status_written], what="the retry's log line")
+    created = [name for r in caplog.records if getattr(r, "nimbuspolicy", None) ==
+               f"{namespace}/np" for name in getattr(r, "policies_created", [])]
+    assert sorted(created) == ["np-dnsmanipulation", "np-unauthorizedsatokenaccess"]  # once
+
+
+async def test_what_was_written_is_logged_when_the_reconcile_then_crashes(
+        api: httpx.AsyncClient, namespace: str, reconciler: RunningReconciler,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the step after the writes (here: reporting raises) loses nothing from the log."""
+    caplog.set_level(logging.INFO, logger="reconciler")
+    controller = reconciler.controller
+    assert controller is not None
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in reporting")
+
+    monkeypatch.setattr(controller.reporter, "report", broken)
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    crashed = await eventually(lambda: [r for r in caplog.records
+                                        if r.getMessage() == "reconcile crashed"],
+                               what="the crash")
+    assert crashed[0].policies_created == ["np-dnsmanipulation"]
+    assert crashed[0].status_written is True and crashed[0].exc_info
