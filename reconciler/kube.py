@@ -14,7 +14,7 @@ import attrs
 import httpx
 import kr8s
 
-from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
+from .names import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
