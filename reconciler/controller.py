@@ -33,6 +33,7 @@ from .kube import (
     NIMBUS_POLICIES,
     ApiError,
     KubeClient,
+    Resource,
     api_error,
 )
 from .metrics import Metrics
@@ -60,6 +61,20 @@ class ControllerConfig:
     page_size: int = 250
 
 
+@attrs.frozen
+class Write:
+    """A write a dry run would have made, as it would have been sent (for the diff that
+    `--once --dry-run` prints)."""
+
+    verb: str  # create, patch or delete
+    resource: Resource
+    namespace: str
+    name: str
+    body: Any = None  # create: the object; patch: the patch
+    content_type: str | None = None  # of a patch
+    subresource: str | None = None
+
+
 @attrs.define
 class Outcome:
     """What one reconcile did (or, in a dry run, would do)."""
@@ -74,6 +89,9 @@ class Outcome:
     errors: list[ApiError] = attrs.Factory(list)
     skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan, ...
     deferred: float = 0.0  # drift left for later (seconds), as someone keeps reintroducing it
+    # A write was refused because the namespace is being deleted (skipped says so; not retried)
+    namespace_terminating: bool = False
+    would_write: list[Write] = attrs.Factory(list)  # a dry run's writes, in order
 
     @property
     def failed(self) -> bool:
@@ -328,6 +346,7 @@ class Controller:
             log.info("namespace is being deleted; waiting for the NimbusPolicy to go",
                      extra={"nimbuspolicy": key})
             outcome.skipped = "its namespace is being deleted"
+            outcome.namespace_terminating = True
             outcome.errors.clear()
             return outcome
         if not outcome.failed:
@@ -400,6 +419,7 @@ class Controller:
             self.metrics.drift_corrections.labels("missing").inc()
         if self.config.dry_run:
             outcome.created.append(name)
+            outcome.would_write.append(Write("create", KUBEARMOR_POLICIES, namespace, name, policy))
             return True
         try:
             created = await self.client.create(KUBEARMOR_POLICIES, namespace, policy,
@@ -421,6 +441,8 @@ class Controller:
             self.metrics.drift_corrections.labels(field).inc()
         if self.config.dry_run:
             outcome.updated.append(f"{name} ({', '.join(update.fields)})")
+            outcome.would_write.append(Write("patch", KUBEARMOR_POLICIES, update.actual.namespace,
+                                             name, repair_patch(update, desired), JSON_PATCH))
             return True
         try:
             patched = await self.client.patch(KUBEARMOR_POLICIES, update.actual.namespace, name,
@@ -436,7 +458,10 @@ class Controller:
         return True
 
     async def _delete(self, policy: CachedPolicy, outcome: Outcome) -> None:
-        if not self.config.dry_run:
+        if self.config.dry_run:
+            outcome.would_write.append(Write("delete", KUBEARMOR_POLICIES, policy.namespace,
+                                             policy.name))
+        else:
             try:
                 answer = await self.client.delete(KUBEARMOR_POLICIES, policy.namespace,
                                                   policy.name, uid=policy.uid)
@@ -467,14 +492,8 @@ class Controller:
                 return
             self._wrote("patch", "nimbuspolicies/status")
             self._remember(self.nimbus_policies, CachedNimbusPolicy.from_json(written))
+        else:
+            outcome.would_write.append(Write("patch", NIMBUS_POLICIES, nimbus_policy.namespace,
+                                             nimbus_policy.name, patch, MERGE_PATCH, "status"))
         outcome.status_written = True
 
-
-def summary_counts(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    return {
-        "created": sum(len(o.created) for o in outcomes),
-        "updated": sum(len(o.updated) for o in outcomes),
-        "deleted": sum(len(o.deleted) for o in outcomes),
-        "unchanged": sum(o.unchanged for o in outcomes),
-        "failed": sum(1 for o in outcomes if o.failed),
-    }
