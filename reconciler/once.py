@@ -86,12 +86,14 @@ class OneShot:
                 with anyio.CancelScope() as self._scope:
                     await self._sync()
                 tasks.cancel_scope.cancel()
-        self.progress.clear()
-        self.outcomes.sort(key=lambda o: o.key)
-        return summary.Report(
-            dry_run=self.options.dry_run, outcomes=tuple(self.outcomes), listed=self.listed,
-            error=self.error, interrupted=self.interrupted, cancelled=tuple(sorted(self.cancelled)),
-            diffs=tuple(self._diffs()) if self.options.dry_run else ())
+            # still receiving signals (and ignoring them): the report is not cut short
+            self.progress.clear()
+            self.outcomes.sort(key=lambda o: o.key)
+            return summary.Report(
+                dry_run=self.options.dry_run, outcomes=tuple(self.outcomes), listed=self.listed,
+                error=self.error, interrupted=self.interrupted,
+                cancelled=tuple(sorted(self.cancelled)),
+                diffs=tuple(self._diffs()) if self.options.dry_run else ())
 
     async def _sync(self) -> None:
         client = await self._connect()
@@ -178,8 +180,7 @@ class OneShot:
         return keeping
 
     def _diffs(self) -> list[summary.ObjectDiff]:
-        return [self._diff(write) for outcome in sorted(self.outcomes, key=lambda o: o.key)
-                for write in outcome.would_write]
+        return [self._diff(write) for outcome in self.outcomes for write in outcome.would_write]
 
     def _diff(self, write: Write) -> summary.ObjectDiff:
         raw = self.live.get((write.resource.plural, f"{write.namespace}/{write.name}"))
