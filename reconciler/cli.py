@@ -12,7 +12,6 @@ import re
 import sys
 from typing import NoReturn
 
-from . import logs
 from .bindaddress import parse_bind_address
 from .exitcode import ExitCode
 
@@ -134,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output needs --once (the controller logs, it prints no summary)")
     if args.once and args.leader_elect:
         parser.error("--leader-elect does not go with --once")
+    from . import logs
     logs.setup(args.log_level, args.log_format)
     namespaces = tuple(dict.fromkeys(args.namespaces))
     if args.once:
