@@ -157,8 +157,8 @@ def measure(cp: LocalControlPlane, runs: int) -> dict[str, float]:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    """BENCH_STARTUP_RUNS runs of each (default 15, 2 with --quick)."""
-    runs = int(os.environ.get("BENCH_STARTUP_RUNS", "2" if quick else "15"))
+    """BENCH_STARTUP_RUNS runs of each (default 15, 1 with --quick)."""
+    runs = int(os.environ.get("BENCH_STARTUP_RUNS", "1" if quick else "15"))
     with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
         return measure(cp, runs=runs)
 

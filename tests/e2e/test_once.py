@@ -265,6 +265,12 @@ async def test_ctrl_c_ends_with_the_summary_of_what_was_done(
     out, _ = process.communicate(timeout=10)
     assert process.returncode == 130, out + log.read_text()
     assert out.splitlines() == ["nothing reconciled", "exit 130: interrupted by SIGINT"]
+    process = start(control_plane, proxy, namespace, log)  # as a pod's or a CI job's end
+    wait_for(lambda: listing.matched >= 2, 30, "the LIST to be held")
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=10)
+    assert process.returncode == 143, out + log.read_text()
+    assert out.splitlines()[-1] == "exit 143: interrupted by SIGTERM"
     proxy.remove(listing)
     listing.release()
 
