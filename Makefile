@@ -33,9 +33,12 @@ $(UV):
 	  $$tmp/bin/python -m pip install --quiet --require-hashes -r uv-requirements.txt && \
 	  { mv -T $$tmp $(UV_HOME) 2>/dev/null || rm -rf $$tmp; }
 
+# --compile-bytecode, as pip does in the image: where PYTHONDONTWRITEBYTECODE is set (this
+# machine), a venv without bytecode compiles every module it imports at every start.
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	@echo ">> creating $(VENV) with exactly the versions in uv.lock: the project and its test tools"
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra test --python $(PYTHON) --quiet
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra test --python $(PYTHON) --quiet \
+	  --compile-bytecode
 	@touch $@
 
 venv: $(VENV)/.installed ## Create the virtualenv and install dependencies

@@ -6,9 +6,6 @@ import attrs
 
 from .intents import CATALOGUE, Intent, RuleInput
 from .model import (
-    MANAGED_BY_KEY,
-    MANAGED_BY_VALUE,
-    NIMBUS_API_VERSION,
     KubeArmorPolicy,
     LabelSelector,
     NimbusPolicy,
@@ -16,6 +13,7 @@ from .model import (
     ObjectMeta,
     OwnerReference,
 )
+from .names import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_API_VERSION
 from .problems import Problem, ProblemKind
 
 # The rule actions users write, and the KubeArmor action each becomes (`Enforce` is the

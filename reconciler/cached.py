@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .model import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP
+from .names import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP
 
 Obj = dict[str, Any]
 

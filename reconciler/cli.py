@@ -1,19 +1,19 @@
 """Command line: the controller (default), `--once [--dry-run]`, and `render -f FILE`.
-Flags follow controller-runtime's names where it has them."""
+Flags follow controller-runtime's names where it has them.
+
+Loading this module loads nothing else of weight: `--help` and bad flags answer at once, and
+each mode imports what it needs when it runs (render: the builder and YAML; --once: kr8s first,
+then the controller once connected; the controller: also the HTTP server)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import NoReturn
 
-import anyio
-
-from . import logs, render
-from .app import RunOptions, run_controller, run_once
-from .controller import ControllerConfig
-from .leaderelection import LeaderElectionConfig, default_namespace
-from .server import parse_bind_address
+from .bindaddress import parse_bind_address
+from .exitcode import ExitCode
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -59,18 +59,43 @@ def _bind_address(value: str) -> str:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad flags exit 4 (could not run), not argparse's 2: with --once, 2 means bad input
+        in a NimbusPolicy."""
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.NOT_RUN, f"{self.prog}: error: {message}\n")
+
+
+ONCE_EPILOG = """\
+--once exit status (the first that applies; --dry-run follows kubectl diff):
+  130, 143  interrupted by SIGINT, SIGTERM (the summary says what was done)
+  4         could not run: bad flags, bad kubeconfig, API server unreachable, a LIST failed
+  3         a NimbusPolicy failed: a write refused or unanswered, its namespace being deleted
+  1         --dry-run: something would change (the diff is printed)
+  2         bad input reported in a NimbusPolicy (everything else converged)
+  0         converged; with --dry-run: nothing would change
+The controller exits 0 after SIGTERM/SIGINT and 1 when it lost its leader election Lease.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m reconciler",
-        description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.")
+        description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.",
+        epilog=ONCE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, or "
                         "~/.kube/config if unset; where there is none, the in-cluster service "
                         "account)")
     parser.add_argument("--once", action="store_true",
                         help="reconcile every NimbusPolicy once, print a summary and exit "
-                             "(0 converged, 1 failures, 2 bad input reported)")
+                             "(exit status below)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="with --once: print what would change, write nothing")
+                        help="with --once: write nothing; print what would change as a unified "
+                             "diff per object")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                        help="with --once: the summary (and the diff) as text or as one JSON "
+                             "document (default text)")
     parser.add_argument("--workers", type=_positive_int, default=4,
                         help="NimbusPolicies reconciled at once (default 4)")
     parser.add_argument("--namespace", dest="namespaces", action="append", type=_namespace,
@@ -124,13 +149,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "render":
+        from . import render
         return render.main(args.filename)
     if args.dry_run and not args.once:
         parser.error("--dry-run needs --once (the controller never runs dry)")
+    if args.output != "text" and not args.once:
+        parser.error("--output needs --once (the controller logs, it prints no summary)")
+    if args.once and args.leader_elect:
+        parser.error("--leader-elect does not go with --once")
+    from . import logs
+    logs.setup(args.log_level, args.log_format)
+    namespaces = tuple(dict.fromkeys(args.namespaces))
+    if args.once:
+        try:
+            from . import once
+        except KeyboardInterrupt:  # while loading (kr8s takes half a second)
+            from . import summary
+            return summary.write(summary.Report(dry_run=args.dry_run, interrupted="SIGINT"),
+                                 args.output, sys.stdout)
+        return once.main(once.OnceOptions(kubeconfig=args.kubeconfig, namespaces=namespaces,
+                                          workers=args.workers, dry_run=args.dry_run,
+                                          output=args.output))
+    return _run_controller(parser, args, namespaces)
+
+
+def _run_controller(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    namespaces: tuple[str, ...]) -> int:
+    import anyio
+
+    from .app import RunOptions, run_controller
+    from .controller import ControllerConfig
+    from .leaderelection import LeaderElectionConfig, default_namespace
+
     leader_election = None
     if args.leader_elect:
-        if args.once:
-            parser.error("--leader-elect does not go with --once")
         namespace = args.leader_election_namespace or default_namespace()
         if namespace is None:
             parser.error("--leader-election-namespace is required outside a cluster "
@@ -153,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_cert_path is not None and not args.metrics_secure:
         parser.error("--metrics-cert-path goes with --metrics-secure (plain HTTP has no "
                      "certificate)")
-    logs.setup(args.log_level, args.log_format)
     options = RunOptions(
-        controller=ControllerConfig(namespaces=tuple(dict.fromkeys(args.namespaces)),
-                                    workers=args.workers, dry_run=args.dry_run,
+        controller=ControllerConfig(namespaces=namespaces, workers=args.workers,
                                     resync_period=args.resync_period),
         kubeconfig=args.kubeconfig,
         metrics_bind_address=args.metrics_bind_address,
@@ -167,6 +217,4 @@ def main(argv: list[str] | None = None) -> int:
         health_probe_bind_address=args.health_probe_bind_address,
         leader_election=leader_election,
     )
-    if args.once:
-        return anyio.run(run_once, options)
     return anyio.run(run_controller, options)

@@ -32,6 +32,7 @@ from .kube import (
     NIMBUS_POLICIES,
     ApiError,
     KubeClient,
+    Resource,
     api_error,
 )
 from .metrics import Metrics
@@ -66,6 +67,20 @@ class ControllerConfig:
     page_size: int = 250
 
 
+@attrs.frozen
+class Write:
+    """A write a dry run would have made, as it would have been sent (for the diff that
+    `--once --dry-run` prints)."""
+
+    verb: str  # create, patch or delete
+    resource: Resource
+    namespace: str
+    name: str
+    body: Any = None  # create: the object; patch: the patch
+    content_type: str | None = None  # of a patch
+    subresource: str | None = None
+
+
 @attrs.define
 class Outcome:
     """What one reconcile did (or, in a dry run, would do)."""
@@ -80,6 +95,9 @@ class Outcome:
     errors: list[ApiError] = attrs.Factory(list)
     skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan, ...
     deferred: float = 0.0  # drift left for later (seconds), as someone keeps reintroducing it
+    # A write was refused because the namespace is being deleted (skipped says so; not retried)
+    namespace_terminating: bool = False
+    would_write: list[Write] = attrs.Factory(list)  # a dry run's writes, in order
 
     @property
     def failed(self) -> bool:
@@ -343,6 +361,7 @@ class Controller:
             log.info("namespace is being deleted; waiting for the NimbusPolicy to go",
                      extra={"nimbuspolicy": key})
             outcome.skipped = "its namespace is being deleted"
+            outcome.namespace_terminating = True
             outcome.errors.clear()
             return outcome
         if not outcome.failed:
@@ -410,6 +429,7 @@ class Controller:
             self.metrics.drift_corrections.labels("missing").inc()
         if self.config.dry_run:
             outcome.created.append(name)
+            outcome.would_write.append(Write("create", KUBEARMOR_POLICIES, namespace, name, policy))
             return True
         try:
             created = await self.client.create(KUBEARMOR_POLICIES, namespace, policy,
@@ -431,6 +451,8 @@ class Controller:
             self.metrics.drift_corrections.labels(field).inc()
         if self.config.dry_run:
             outcome.updated.append(f"{name} ({', '.join(update.fields)})")
+            outcome.would_write.append(Write("patch", KUBEARMOR_POLICIES, update.actual.namespace,
+                                             name, repair_patch(update, desired), JSON_PATCH))
             return True
         try:
             patched = await self.client.patch(KUBEARMOR_POLICIES, update.actual.namespace, name,
@@ -446,7 +468,10 @@ class Controller:
         return True
 
     async def _delete(self, policy: CachedPolicy, outcome: Outcome) -> None:
-        if not self.config.dry_run:
+        if self.config.dry_run:
+            outcome.would_write.append(Write("delete", KUBEARMOR_POLICIES, policy.namespace,
+                                             policy.name))
+        else:
             try:
                 answer = await self.client.delete(KUBEARMOR_POLICIES, policy.namespace,
                                                   policy.name, uid=policy.uid)
@@ -478,6 +503,8 @@ class Controller:
             if patch is None:
                 return
             if self.config.dry_run:
+                outcome.would_write.append(Write("patch", NIMBUS_POLICIES, current.namespace,
+                                                 current.name, patch, JSON_PATCH, "status"))
                 outcome.status_written = True
                 return
             try:
@@ -529,12 +556,3 @@ def _conflict_resource(resource: str) -> str:
     """The write_conflicts label of what `_failed` names ("KubeArmorPolicy x", ...)."""
     return "nimbuspolicies/status" if resource == "nimbuspolicies/status" else "kubearmorpolicies"
 
-
-def summary_counts(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    return {
-        "created": sum(len(o.created) for o in outcomes),
-        "updated": sum(len(o.updated) for o in outcomes),
-        "deleted": sum(len(o.deleted) for o in outcomes),
-        "unchanged": sum(o.unchanged for o in outcomes),
-        "failed": sum(1 for o in outcomes if o.failed),
-    }

@@ -9,7 +9,8 @@ from typing import Any
 import attrs
 
 from .cached import CachedNimbusPolicy, CachedPolicy, OwnerRef, owner_ref, spec_digest
-from .model import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP, KubeArmorPolicy, to_dict
+from .model import KubeArmorPolicy, to_dict
+from .names import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP
 
 Obj = dict[str, Any]
 BINDING_KINDS = frozenset({"SecurityIntentBinding", "ClusterSecurityIntentBinding"})

@@ -21,7 +21,7 @@ import attrs
 import httpx
 import kr8s
 
-from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
+from .names import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 from .tokenfile import TokenFile
 
 log = logging.getLogger(__name__)

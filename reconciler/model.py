@@ -13,16 +13,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-NIMBUS_GROUP = "intent.security.nimbus.com"
-NIMBUS_VERSION = "v1alpha1"
-NIMBUS_API_VERSION = f"{NIMBUS_GROUP}/{NIMBUS_VERSION}"
-KUBEARMOR_GROUP = "security.kubearmor.com"
-KUBEARMOR_VERSION = "v1"
-KUBEARMOR_API_VERSION = f"{KUBEARMOR_GROUP}/{KUBEARMOR_VERSION}"
-
-MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "nimbus-kubearmor"
-
+from .names import KUBEARMOR_API_VERSION, NIMBUS_API_VERSION
 
 # --- shared metadata ----------------------------------------------------------------------------
 

@@ -13,20 +13,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from .bindaddress import parse_bind_address
+
 if TYPE_CHECKING:
     from .delegatedauth import DelegatedAuth
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def parse_bind_address(value: str) -> tuple[str, int] | None:
-    """controller-runtime's forms: ":8080" (every interface), "127.0.0.1:8080", "0" (off)."""
-    if value in ("0", ""):
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"bind address {value!r} is not [host]:port or 0")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def protected(handler: Handler, auth: DelegatedAuth) -> Handler:

@@ -28,7 +28,8 @@ import yaml
 
 from reconciler.builder import desired_policies
 from reconciler.intents import CATALOGUE, ESCAPE_CAPABILITIES
-from reconciler.model import MANAGED_BY_KEY, MANAGED_BY_VALUE, to_dict
+from reconciler.model import to_dict
+from reconciler.names import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.nimbus import create_binding, kubearmor_policies, nimbus_policies

@@ -26,5 +26,8 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
     assert figures["api_requests_per_reconcile"] == 0
     assert figures["queue_ops_per_s"] > 0 and figures["convergence_ratio"] > 0
     for key in ("floor_s", "convergence_s", "rss_mb", "create_latency_p99_ms",
-                "drift_latency_p99_ms", "create_latency_floor_p99_ms"):
+                "drift_latency_p99_ms", "create_latency_floor_p99_ms", "startup_help_ms_min",
+                "startup_render_ms_min", "startup_import_kr8s_ms_min",
+                "startup_once_first_request_ms_min", "startup_once_first_write_ms_min",
+                "startup_once_first_request_as_installed_ms_min"):
         assert figures[key] > 0, key

@@ -14,7 +14,8 @@ import httpx
 from reconciler.builder import desired_policies
 from reconciler.controller import ControllerConfig
 from reconciler.intents import SOFTWARE_DEPLOYMENT_TOOLS
-from reconciler.model import MANAGED_BY_KEY, MANAGED_BY_VALUE, to_dict
+from reconciler.model import to_dict
+from reconciler.names import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually, writes_by

@@ -43,13 +43,14 @@ async def test_once_and_dry_run(api: httpx.AsyncClient, namespace: str,
 
     mark = len(control_plane.audit_events())
     dry = reconciler(*scope, "--dry-run", kubeconfig=reconciler_kubeconfig)
-    assert dry.returncode == 2, dry.stderr  # converged apart from the reported problem
+    assert dry.returncode == 1, dry.stderr  # something would change (bad input is also reported)
     assert f"NimbusPolicy {namespace}/web: would create web-escapetohost-disallowchroot" in dry.stdout
     assert f"NimbusPolicy {namespace}/lonely: skipped (orphan" in dry.stdout
     assert "unknown intent 'nope'" in dry.stdout
-    assert dry.stdout.strip().splitlines()[-1] == (
-        "dry run: 3 NimbusPolicies (1 skipped): would created 4, would updated 0, would deleted 0,"
-        " unchanged 0, failed 0, problems 1")
+    assert dry.stdout.strip().splitlines()[-2:] == [
+        "dry run: 3 NimbusPolicies (1 skipped): would create 4, would update 0, would delete 0,"
+        " unchanged 0, failed 0, problems 1; 2 statuses would be written",
+        "exit 1: changes would be made"]
     assert writes_by(control_plane, RECONCILER_USER, since=mark) == []
     assert await policy_names(api, namespace) == set()
 
@@ -73,7 +74,7 @@ async def test_once_and_dry_run(api: httpx.AsyncClient, namespace: str,
     assert await policy_names(api, namespace) == {"web-dnsmanipulation", "db-dnsmanipulation"}
 
 
-async def test_once_exits_1_when_writes_fail(api: httpx.AsyncClient, namespace: str,
+async def test_once_exits_3_when_writes_fail(api: httpx.AsyncClient, namespace: str,
                                              control_plane: LocalControlPlane) -> None:
     await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
     reader = "nimbus-kubearmor-reader"
@@ -84,9 +85,10 @@ async def test_once_exits_1_when_writes_fail(api: httpx.AsyncClient, namespace: 
          "verbs": ["get", "list", "watch"]}])
     result = reconciler("--once", "--namespace", namespace,
                         kubeconfig=control_plane.identity_kubeconfig(reader))
-    assert result.returncode == 1
+    assert result.returncode == 3, result.stdout + result.stderr
     assert "FAILED: 403 Forbidden" in result.stdout
-    assert "failed 1" in result.stdout.splitlines()[-1]
+    assert "failed 1" in result.stdout.splitlines()[-2]
+    assert result.stdout.splitlines()[-1] == "exit 3: 1 NimbusPolicy failed"
 
 
 async def test_text_logs_and_the_summary_escape_what_users_wrote(

@@ -11,7 +11,8 @@ import yaml
 
 from reconciler import intents
 from reconciler.builder import ACTIONS, desired_policies
-from reconciler.model import KUBEARMOR_SECTIONS, MANAGED_BY_KEY, MANAGED_BY_VALUE, to_dict
+from reconciler.model import KUBEARMOR_SECTIONS, to_dict
+from reconciler.names import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from reconciler.parse import parse_nimbus_policy
 from reconciler.render import main as render_main
 from tests.upstream_examples import dns_manipulation_nimbus_policy, dns_manipulation_upstream_policy

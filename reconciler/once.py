@@ -1,0 +1,241 @@
+"""`python -m reconciler --once [--dry-run] [-o json]`: connect, list everything, reconcile every
+NimbusPolicy once, print what was done (with --dry-run: what would be, as a diff) and exit with a
+status scripts can rely on (exitcode.py). Every way it can end, a failure or a signal included,
+ends with the summary (summary.py), never a traceback.
+
+In this order:
+  1. connect: read the kubeconfig and ask the API server its version (kr8s). Before anything of
+     the reconciler is loaded: a wrong kubeconfig or an unreachable server is reported as soon
+     as kr8s alone can.
+  2. list NimbusPolicies and KubeArmorPolicies into the controller's caches. A dry run also
+     keeps each object as listed (its JSON text, without managedFields), to diff against.
+  3. reconcile every NimbusPolicy once, `workers` at a time.
+
+SIGINT or SIGTERM while connecting or listing stops at once (nothing was written yet); while
+reconciling, no further NimbusPolicy is started and the ones under way get `grace` seconds to
+finish (a second signal cuts them short), so the summary says what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
+import attrs
+
+from . import summary
+from .app import connect
+from .kube import ApiError, KubeClient, Resource, api_error
+from .objdiff import PatchError, file_name, merged, unified_diff
+from .progress import Progress, listing_line, reconciled_line
+
+if TYPE_CHECKING:
+    from .controller import Controller, Outcome, Write
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class OnceOptions:
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    workers: int = 4
+    dry_run: bool = False
+    output: str = "text"  # or "json"
+    grace: float = 4.0  # after SIGINT/SIGTERM, reconciles under way get this long to finish
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line for the summary: the API's Status, else its type and text."""
+    converted = api_error(error)
+    if converted is not None:
+        return str(converted)
+    text = " ".join(str(error).split())[:300]  # a YAML error's lines, say
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class OneShot:
+    def __init__(self, options: OnceOptions, progress: Progress) -> None:
+        self.options = options
+        self.progress = progress
+        self.phase = "connecting"  # then "listing", "reconciling", "done"
+        self.controller: Controller | None = None
+        self.outcomes: list[Outcome] = []
+        self.listed: int | None = None
+        self.error: str | None = None  # why it could not run
+        self.interrupted: str | None = None
+        self.cancelled: list[str] = []
+        # Dry run: every object as listed, by (plural, "namespace/name"), as JSON text
+        self.live: dict[tuple[str, str], str] = {}
+        self._stopping = False  # a signal came: no further NimbusPolicy is started
+        self._scope: anyio.CancelScope | None = None  # around connecting, listing, reconciling
+        self._reconciling_since = 0.0
+
+    async def run(self) -> summary.Report:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._on_signals, signals)
+                if self.progress.enabled:
+                    tasks.start_soon(self._draw_progress)
+                with anyio.CancelScope() as self._scope:
+                    await self._sync()
+                tasks.cancel_scope.cancel()
+            # still receiving signals (and ignoring them): the report is not cut short
+            self.progress.clear()
+            self.outcomes.sort(key=lambda o: o.key)
+            return summary.Report(
+                dry_run=self.options.dry_run, outcomes=tuple(self.outcomes), listed=self.listed,
+                error=self.error, interrupted=self.interrupted,
+                cancelled=tuple(sorted(self.cancelled)),
+                diffs=tuple(self._diffs()) if self.options.dry_run else ())
+
+    async def _sync(self) -> None:
+        client = await self._connect()
+        if client is None:
+            return
+        # Loaded once connected (see the module's docstring).
+        from prometheus_client import CollectorRegistry
+
+        from .controller import Controller, ControllerConfig
+        from .metrics import Metrics
+
+        config = ControllerConfig(namespaces=self.options.namespaces, workers=self.options.workers,
+                                  dry_run=self.options.dry_run)
+        self.controller = controller = Controller(client, Metrics(CollectorRegistry()), config)
+        if self.options.dry_run:
+            for reflector in controller.reflectors:
+                reflector.transform = self._keeping_live(reflector.resource, reflector.transform)
+        self.phase = "listing"
+        for reflector in controller.reflectors:
+            try:
+                await reflector.list_once()
+            except Exception as error:
+                self.error = f"could not list {reflector.resource.plural} in {reflector.scope}: " \
+                    f"{describe(error)}"
+                return
+        keys = sorted(controller.nimbus_policies.list_keys())
+        self.listed = len(keys)
+        self.phase = "reconciling"
+        self._reconciling_since = time.monotonic()
+        pending = iter(keys)
+
+        async def worker() -> None:
+            for key in pending:  # shared by the workers: each key is taken once
+                if self._stopping:
+                    return
+                try:
+                    self.outcomes.append(await self._reconcile(controller, key))
+                except anyio.get_cancelled_exc_class():
+                    self.cancelled.append(key)
+                    raise
+
+        async with anyio.create_task_group() as workers:
+            for _ in range(min(self.options.workers, len(keys))):
+                workers.start_soon(worker)
+        self.phase = "done"
+
+    async def _connect(self) -> KubeClient | None:
+        for path in (self.options.kubeconfig or "").split(":"):
+            if path and not await (await anyio.Path(path).expanduser()).is_file():
+                self.error = f"kubeconfig {path}: no such file"
+                return None
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                return await connect(self.options.kubeconfig)
+        except Exception as error:
+            log.debug("could not connect", exc_info=True)
+            if api_error(error) is not None or isinstance(error, TimeoutError):
+                self.error = f"cannot reach the API server: {describe(error)}"
+            else:  # kr8s reads the kubeconfig or the service account: what it raised is theirs
+                where = self.options.kubeconfig or "in-cluster, $KUBECONFIG or ~/.kube/config"
+                self.error = f"cannot load credentials ({where}): {describe(error)}"
+            return None
+
+    async def _reconcile(self, controller: Controller, key: str) -> Outcome:
+        from .controller import Outcome  # loaded by now
+
+        try:
+            return await controller.reconcile(key)
+        except Exception as error:  # a bug: reported with the others, the rest goes on
+            log.error("reconcile crashed", exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra={"nimbuspolicy": key, "error": repr(error)})
+            return Outcome(key, errors=[api_error(error) or ApiError(0, "Crash", repr(error))])
+
+    def _keeping_live(self, resource: Resource, transform: Any) -> Any:
+        """The reflector's transform, also keeping the object as listed (a dry run's diff
+        needs the whole object; the caches keep only what a reconcile reads)."""
+        def keeping(obj: dict[str, Any]) -> Any:
+            value = transform(obj)
+            obj.setdefault("kind", resource.kind)  # list items carry none
+            metadata = obj.get("metadata") or {}
+            metadata.pop("managedFields", None)
+            self.live[(resource.plural, value.key)] = json.dumps(obj, separators=(",", ":"))
+            return value
+        return keeping
+
+    def _diffs(self) -> list[summary.ObjectDiff]:
+        return [self._diff(write) for outcome in self.outcomes for write in outcome.would_write]
+
+    def _diff(self, write: Write) -> summary.ObjectDiff:
+        raw = self.live.get((write.resource.plural, f"{write.namespace}/{write.name}"))
+        live = json.loads(raw) if raw is not None else None
+        label = file_name(write.resource.api_version, write.resource.kind, write.namespace,
+                          write.name)
+        error = None
+        try:
+            after = merged(write.verb, live, write.body, write.content_type)
+            text = unified_diff(label, live, after)
+        except PatchError as failure:
+            text, error = "", str(failure)
+        return summary.ObjectDiff(write.verb, write.resource.api_version, write.resource.kind,
+                                  write.namespace, write.name, write.subresource, text, error)
+
+    async def _on_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            self.interrupted = signal.Signals(signum).name
+            self._stopping = True
+            assert self._scope is not None
+            if self.phase != "reconciling":
+                self._scope.cancel()  # connecting or listing: nothing is being written
+                return
+            log.info("stopping: the reconciles under way get a grace period to finish",
+                     extra={"signal": self.interrupted, "grace_s": self.options.grace})
+            with anyio.move_on_after(self.options.grace):
+                async for _ in signals:
+                    break  # a second signal: at once
+            self._scope.cancel()
+            return
+
+    async def _draw_progress(self) -> None:
+        while True:
+            controller = self.controller
+            if self.phase == "listing" and controller is not None:
+                self.progress.show(listing_line(len(controller.nimbus_policies),
+                                                len(controller.kubearmor_policies)))
+            elif self.phase == "reconciling" and self.listed:
+                self.progress.show(reconciled_line(len(self.outcomes), self.listed,
+                                                   time.monotonic() - self._reconciling_since))
+            await anyio.sleep(0.2)
+
+
+def main(options: OnceOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run it, print the summary on `out`, return the exit status."""
+    progress = Progress(err)
+    handlers = logging.getLogger().handlers
+    clear_first = progress.log_filter()
+    for handler in handlers:
+        handler.addFilter(clear_first)
+    try:
+        report = anyio.run(OneShot(options, progress).run)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        report = summary.Report(dry_run=options.dry_run, interrupted="SIGINT")
+    finally:
+        for handler in handlers:
+            handler.removeFilter(clear_first)
+    return summary.write(report, options.output, out)
