@@ -15,7 +15,8 @@ import attrs
 import httpx
 
 from reconciler.builder import desired_policies
-from reconciler.model import MANAGED_BY_KEY, MANAGED_BY_VALUE, to_dict
+from reconciler.model import to_dict
+from reconciler.names import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.launcher import ControlPlaneError, LocalControlPlane, wait_for
 from tests.e2e.nimbus import kubearmor_policies, nimbus_policies

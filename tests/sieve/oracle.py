@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import httpx
 
-from reconciler.model import MANAGED_BY_KEY
+from reconciler.names import MANAGED_BY_KEY
 from tests.e2e.nimbus import kubearmor_policies, nimbus_policies
 from tests.faultproxy import Exchange, FaultProxy
 from tests.sieve.trace import key_name, write_base
