@@ -153,21 +153,21 @@ async def test_no_write_from_the_old_leader_after_the_new_leaders_first(
 
 async def elector(control_plane: LocalControlPlane, namespace: str, identity: str,
                   server: str | None = None) -> LeaderElector:
-    """A LeaderElector in this event loop for the Lease "held", as `identity` (a user granted the
-    Lease Role in `namespace`), talking to the API server at `server` (a proxy) or directly,
+    """A LeaderElector in this event loop for the Lease config/rbac names, as `identity` (a user granted
+    its Lease Role in `namespace`), talking to the API server at `server` (a proxy) or directly,
     with FAST's timings."""
     control_plane.grant_in_namespace(identity, namespace, LEASE_RULES)
     api = await kr8s.asyncio.api(kubeconfig=str(
         control_plane.identity_kubeconfig(identity, server=server)))
     return LeaderElector(KubeClient(api), LeaderElectionConfig(
-        namespace=namespace, name="held", identity=identity, lease_duration=6.0,
+        namespace=namespace, name=LEASE, identity=identity, lease_duration=6.0,
         renew_deadline=4.0, retry_period=1.0), Metrics(CollectorRegistry()))
 
 
 def take_lease(control_plane: LocalControlPlane, namespace: str, identity: str) -> None:
-    """Write `identity` into the Lease "held" as its holder, as another candidate that won it
+    """Write `identity` into the Lease as its holder, as another candidate that won it
     would (a forced takeover: its clock, or its lease duration, differs from ours)."""
-    url = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/held"
+    url = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with control_plane.client() as admin:
         while True:
@@ -187,7 +187,8 @@ async def test_the_leader_steps_down_at_the_first_sight_of_another_holder(
     rather than retrying (and writing, as the leader) until its renew deadline."""
     with FaultProxy.for_control_plane(control_plane, as_user="seer") as proxy:
         leader = await elector(control_plane, namespace, "seer", proxy.url)
-        await leader.acquire()
+        with anyio.fail_after(10):  # a Lease it may not take would wait for ever
+            await leader.acquire()
         renewing: list[bool] = []
 
         async def renew() -> None:
@@ -197,7 +198,7 @@ async def test_the_leader_steps_down_at_the_first_sight_of_another_holder(
             tasks.start_soon(renew)
             # the leader's Lease requests wait at the proxy while the Lease is taken, so each
             # one this rule lets through reaches the API server after it was
-            after = proxy.add(Rule(Stall(), path="/leases/held"))
+            after = proxy.add(Rule(Stall(), path=f"/leases/{LEASE}"))
             take_lease(control_plane, namespace, "someone-else")
             after.release()
             await eventually(lambda: renewing, 8, "the leader to give up")
@@ -221,7 +222,8 @@ async def test_a_renewal_answered_late_does_not_stretch_the_leaders_belief(
     with FaultProxy.for_control_plane(control_plane, as_user="late-a") as proxy:
         leader = await elector(control_plane, namespace, "late-a", proxy.url)
         standby = await elector(control_plane, namespace, "late-b")
-        await leader.acquire()
+        with anyio.fail_after(10):  # a Lease it may not take would wait for ever
+            await leader.acquire()
         lost_at: list[float] = []
         acquired_at: list[float] = []
 
@@ -235,11 +237,12 @@ async def test_a_renewal_answered_late_does_not_stretch_the_leaders_belief(
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(stand_by)
-            slow = proxy.add(Rule(SlowAnswer(2.5), kind="write", method="PUT", path="/leases/held",
+            slow = proxy.add(Rule(SlowAnswer(2.5), kind="write", method="PUT",
+                                  path=f"/leases/{LEASE}",
                                   times=1))
             tasks.start_soon(lead)
             await eventually(lambda: slow.hits, 5, "a renewal on its way")
-            proxy.add(Rule(Stall(), path="/leases/held"))  # what the leader asks next: no answer
+            proxy.add(Rule(Stall(), path=f"/leases/{LEASE}"))  # what the leader asks next: no answer
             await eventually(lambda: lost_at and acquired_at, 15, "the leader to give up and "
                              "the standby to take over")
     (renewal,) = proxy.requests(rule=slow)
