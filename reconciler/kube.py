@@ -1,5 +1,6 @@
 """The Kubernetes API as this controller uses it, on kr8s's `Api.call_api`: paginated LIST,
-streaming WATCH with a read timeout, and the writes, with errors as one `ApiError` type."""
+streaming WATCH with a read timeout, and the writes, with errors as one `ApiError` type. Large
+answers are decoded without stalling the event loop (jsondecode.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import attrs
 import httpx
 import kr8s
 
+from .jsondecode import loads
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 
 Obj = dict[str, Any]
@@ -196,7 +198,7 @@ class KubeClient:
                                              namespace=namespace, url=url,
                                              raise_for_status=False, **kwargs) as response:
                     if not response.is_error:
-                        return response.json() if response.content else {}
+                        return await loads(response.content) if response.content else {}
                     error = ApiError.from_response(response)
             if not (error.unauthorized and attempt == 0):
                 raise error
@@ -304,4 +306,4 @@ async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterato
             except TimeoutError as silent:
                 raise ApiError(0, "Timeout", f"watch stream silent for {read_timeout:.0f}s") from silent
             if line:
-                yield json.loads(line)
+                yield await loads(line)

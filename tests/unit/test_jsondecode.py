@@ -1,0 +1,111 @@
+"""Large answers are decoded without stopping the event loop (reconciler/jsondecode.py): the
+same values as json.loads, the loop runs while a large one is decoded, and no garbage collection
+runs over the process meanwhile."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from reconciler import jsondecode
+from reconciler.jsondecode import INLINE_BYTES, INLINE_VALUES, loads, values
+
+
+def at_the_size_limit() -> str:
+    """A NimbusPolicy of 31,500 rules, 1.54 MB, as the API server sends it."""
+    rules = [{"id": f"unknown-{i:05d}", "rule": {"action": "Block"}} for i in range(31_500)]
+    return json.dumps({"apiVersion": "intent.security.nimbus.com/v1alpha1",
+                       "kind": "NimbusPolicy", "metadata": {"name": "big", "namespace": "ns"},
+                       "spec": {"selector": {"matchLabels": {"app": "ünïcode ✓"}},
+                                "rules": rules}}, separators=(",", ":"))
+
+
+async def test_the_same_values_as_json_loads() -> None:
+    big = at_the_size_limit()
+    assert len(big) > INLINE_BYTES and values(big) > INLINE_VALUES
+    for text in ('{"a": [1, 2.5, null, true, "\\u00e9\\ud83d\\ude00"]}', "[]", big,
+                 json.dumps({"k": ["é" * 100] * 20_000, "n": {"x": {}}}, ensure_ascii=False)):
+        assert await loads(text) == json.loads(text)
+        assert await loads(text.encode()) == json.loads(text)
+    with pytest.raises(json.JSONDecodeError):
+        await loads(big[:-1])
+
+
+async def test_the_loop_runs_while_a_large_body_is_decoded() -> None:
+    """json.loads holds the GIL until it is done, in whichever thread: a ticker in the loop would
+    not run once while it works. The decode here leaves the loop running throughout."""
+    big = at_the_size_limit().encode()
+    ticks: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            await anyio.sleep(0.001)
+            ticks.append(anyio.current_time())
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ticker)
+        await anyio.sleep(0.01)
+        started = len(ticks)
+        decoded = await loads(big)
+        during = len(ticks) - started
+        done.set()
+    assert len(decoded["spec"]["rules"]) == 31_500
+    assert during >= 10, f"the loop ran {during} times while the body was decoded"
+
+
+async def test_no_collection_runs_while_a_large_body_is_decoded() -> None:
+    """json.loads of it runs some 90 collections here, moving what it builds (alive until the
+    end) into older generations; in a process holding the reconciler's caches that sets off
+    full collections of 60-100 ms, each holding the GIL over the whole process."""
+    big = at_the_size_limit()
+    collections: list[dict[str, Any]] = []
+
+    def record(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collections.append(info)
+
+    gc.collect()
+    gc.callbacks.append(record)
+    try:
+        decoded = await loads(big)
+        during = list(collections)
+        # and the collector is on again afterwards
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(record)
+    assert len(decoded["spec"]["rules"]) == 31_500
+    # at most the first collection after it, of the youngest generation
+    assert [c["generation"] for c in during] in ([], [0]), during
+
+
+def test_the_collector_pause_nests_across_threads_and_keeps_it_off_if_it_was() -> None:
+    pause = jsondecode._CollectorPause()
+    inside, release = threading.Event(), threading.Event()
+
+    def decode() -> None:
+        with pause:
+            inside.set()
+            release.wait(10)
+
+    other = threading.Thread(target=decode)
+    with pause:
+        other.start()
+        assert inside.wait(10)
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other decode is still under way
+    release.set()
+    other.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pause:
+            pass
+        assert not gc.isenabled()  # whoever turned it off decides when it comes back
+    finally:
+        gc.enable()
