@@ -15,7 +15,7 @@ import attrs
 import httpx
 import kr8s
 
-from .jsondecode import loads
+from .jsondecode import ListItems, loads, loads_list
 from .model import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 
 Obj = dict[str, Any]
@@ -181,6 +181,12 @@ class KubeClient:
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
+        body = await self._request_body(method, resource, namespace, url, **kwargs)
+        return await loads(body) if body else {}
+
+    async def _request_body(self, method: str, resource: Resource, namespace: str | None,
+                            url: str, **kwargs: Any) -> bytes:
+        """The answer's body, undecoded."""
         try:
             return await self._attempts(method, resource, namespace, url, **kwargs)
         except ApiError as error:
@@ -189,7 +195,7 @@ class KubeClient:
             raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
-                        url: str, **kwargs: Any) -> Obj:
+                        url: str, **kwargs: Any) -> bytes:
         kwargs.setdefault("timeout", self.request_timeout)
         for attempt in range(2):
             generation = self._credentials_generation
@@ -198,7 +204,8 @@ class KubeClient:
                                              namespace=namespace, url=url,
                                              raise_for_status=False, **kwargs) as response:
                     if not response.is_error:
-                        return await loads(response.content) if response.content else {}
+                        body: bytes = response.content
+                        return body
                     error = ApiError.from_response(response)
             if not (error.unauthorized and attempt == 0):
                 raise error
@@ -212,10 +219,14 @@ class KubeClient:
     async def list(self, resource: Resource, namespace: str | None, *,
                    label_selector: str | None = None, limit: int | None = None,
                    continue_token: str | None = None, field_selector: str | None = None) -> Obj:
+        """One page. The items of a large one are decoded as they are read (jsondecode.ListItems:
+        iterate them once, with `one_at_a_time` to keep the event loop going)."""
         params = {k: v for k, v in (("labelSelector", label_selector), ("limit", limit),
                                     ("continue", continue_token),
                                     ("fieldSelector", field_selector)) if v}
-        return await self._request("GET", resource, namespace, self._url(resource), params=params)
+        body = await self._request_body("GET", resource, namespace, self._url(resource),
+                                        params=params)
+        return await loads_list(body)
 
     @contextlib.asynccontextmanager
     async def watch(self, resource: Resource, namespace: str | None, *, resource_version: str,
@@ -290,6 +301,18 @@ class KubeClient:
             if not error.not_found:
                 raise
             return None
+
+
+async def one_at_a_time(items: list[Obj] | ListItems) -> AsyncIterator[Obj]:
+    """The items of a LIST page, each let go of by the page as it is handed out (its JSON goes
+    once the reader is done with it); those of a large page decoded only as they are reached."""
+    if isinstance(items, ListItems):
+        async for item in items:
+            yield item
+        return
+    for index, item in enumerate(items):
+        items[index] = None  # type: ignore[call-overload]
+        yield item
 
 
 async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:

@@ -22,7 +22,7 @@ from typing import Any, Generic
 import anyio
 
 from .clock import Clock, MonotonicClock
-from .kube import ApiError, KubeClient, Resource, api_error
+from .kube import ApiError, KubeClient, Resource, api_error, one_at_a_time
 from .memory import release_free_memory
 from .metrics import Metrics
 from .store import Change, Store, V
@@ -222,8 +222,8 @@ class Reflector(Generic[V]):
                 metadata = page.get("metadata") or {}
                 items = page.pop("items", None) or []
                 del page
-                for index, item in enumerate(items):
-                    items[index] = None  # the JSON goes as soon as it is slimmed
+                # the JSON goes as soon as it is slimmed (a large page's is decoded item by item)
+                async for item in one_at_a_time(items):
                     key = self._unless_known(item)
                     if key is not None:
                         unseen.discard(key)

@@ -1,19 +1,22 @@
 """Large answers are decoded without stopping the event loop (reconciler/jsondecode.py): the
-same values as json.loads, the loop runs while a large one is decoded, and no garbage collection
-runs over the process meanwhile."""
+same values as json.loads, the loop runs while a large one is decoded, no garbage collection
+runs over the process meanwhile, and a large LIST answer's items are decoded as they are read."""
 
 from __future__ import annotations
 
 import gc
 import json
 import threading
+import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
 
 from reconciler import jsondecode
-from reconciler.jsondecode import INLINE_BYTES, INLINE_VALUES, loads, values
+from reconciler.jsondecode import INLINE_BYTES, INLINE_VALUES, ListItems, loads, loads_list, values
+from reconciler.kube import one_at_a_time
 
 
 def at_the_size_limit() -> str:
@@ -109,3 +112,69 @@ def test_the_collector_pause_nests_across_threads_and_keeps_it_off_if_it_was() -
         assert not gc.isenabled()  # whoever turned it off decides when it comes back
     finally:
         gc.enable()
+
+
+def list_page(items: list[Any], **extra: Any) -> str:
+    return json.dumps({"kind": "NimbusPolicyList", "apiVersion": "intent.security.nimbus.com/v1alpha1",
+                       "metadata": {"resourceVersion": "42", "continue": "token"},
+                       "items": items, **extra}, separators=(",", ":"))
+
+
+def rules(count: int, name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"rules": [
+        {"id": f"unknown-{i:05d}", "rule": {"action": "Block"}} for i in range(count)]}}
+
+
+async def test_a_small_list_answer_is_decoded_whole() -> None:
+    text = list_page([rules(3, "a"), rules(3, "b")])
+    page = await loads_list(text.encode())
+    assert page == json.loads(text) and isinstance(page["items"], list)
+
+
+async def test_a_large_list_answer_is_decoded_as_its_items_are_read() -> None:
+    items = [rules(6_000, f"big-{i}") if i % 3 == 0 else rules(2, f"small-{i}") for i in range(9)]
+    items.append(None)  # a null item is an item like any other
+    text = list_page(items)
+    page = await loads_list(text.encode())
+    assert isinstance(page["items"], ListItems) and page["items"]
+    assert page["metadata"] == {"resourceVersion": "42", "continue": "token"}  # before the items
+    assert [item async for item in one_at_a_time(page["items"])] == items
+    assert list((await loads_list(text.encode()))["items"]) == items  # read in this thread too
+    # members after the items (no API server writes them) are read once the items are
+    trailing = list_page(items, extra={"x": [1]})
+    page = await loads_list(trailing.encode())
+    assert [item async for item in page["items"]] == items and page["extra"] == {"x": [1]}
+    # an answer shaped otherwise (metadata after the items) is decoded whole
+    reordered = json.dumps({"items": items, "metadata": {"resourceVersion": "42"}})
+    assert await loads_list(reordered.encode()) == json.loads(reordered)
+    for broken in (text[:-1], text[:len(text) // 2], text + "]"):
+        with pytest.raises(json.JSONDecodeError):
+            page = await loads_list(broken.encode())
+            [item async for item in page["items"]]
+
+
+async def test_a_large_list_answer_holds_one_batch_of_objects_at_a_time() -> None:
+    """Eight NimbusPolicies of 2,000 rules in one page: whole, about 8 times the memory of one;
+    read item by item, each let go before the next is decoded, about one."""
+    text = list_page([rules(2_000, f"big-{i}") for i in range(8)]).encode()
+
+    def peak(read: Callable[[], Awaitable[None]]) -> float:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            anyio.run(read)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    async def whole() -> None:
+        page = json.loads(text)
+        assert len(page["items"]) == 8
+
+    async def item_by_item() -> None:
+        page = await loads_list(text)
+        names = [item["metadata"]["name"] async for item in one_at_a_time(page["items"])]
+        assert len(names) == 8
+
+    whole_peak, lazy_peak = await anyio.to_thread.run_sync(lambda: (peak(whole), peak(item_by_item)))
+    assert lazy_peak < whole_peak / 3, (lazy_peak, whole_peak)
