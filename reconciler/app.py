@@ -17,6 +17,7 @@ from .kube import KubeClient
 from .leaderelection import LeaderElectionConfig
 from .logs import escape_control
 from .manager import Manager
+from .memory import freeze_startup_objects
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ async def run_controller(options: RunOptions, metrics: Metrics | None = None) ->
                       options.controller, options.leader_election,
                       options.metrics_bind_address, options.health_probe_bind_address,
                       options.shutdown_grace)
+    freeze_startup_objects()
     return await manager.run()
 
 
