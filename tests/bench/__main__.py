@@ -11,11 +11,11 @@ import os
 import platform
 from pathlib import Path
 
-from . import controller_bench, memory_bench, queue_bench
+from . import bigpolicy_bench, controller_bench, memory_bench, queue_bench
 
 RESULTS = Path(__file__).parent / "results.json"
 SUITES = {"queue": queue_bench.run, "memory": memory_bench.run,
-          "controller": controller_bench.run}
+          "controller": controller_bench.run, "bigpolicy": bigpolicy_bench.run}
 
 
 def main() -> int:
