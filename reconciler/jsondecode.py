@@ -8,8 +8,8 @@ same decoder driven from Python (`json.scanner.py_make_scanner`: objects and arr
 Python code, strings still scanned in C) gives the GIL up every switch interval (5 ms), so in a
 worker thread it costs 3-5 times the CPU of `json.loads` but the event loop, the watches, the
 probes and the Lease renewal go on meanwhile. Nearly every body is small, and decoded at once
-with `json.loads`; only one with more values than INLINE_VALUES (estimated from its separators:
-a page of 250 KubeArmorPolicies has about 45,000) goes to a thread.
+with `json.loads`; only one over COUNTED_BYTES, or with more values than INLINE_VALUES (estimated
+from its separators: a page of 250 KubeArmorPolicies has about 45,000), goes to a thread.
 
 The cyclic garbage collector is held off while such a body is decoded. Building 100,000 objects
 that all stay alive until the decode ends would otherwise move them, a few thousand at a time,
@@ -28,6 +28,7 @@ is held at a time. Eight NimbusPolicies of 1.5 MB in one page are 135 MB of obje
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import json.decoder
@@ -41,6 +42,8 @@ import anyio.to_thread
 
 INLINE_BYTES = 64 * 1024  # below this, not even counted: at most a few ms
 INLINE_VALUES = 64_000  # ~20 ms of json.loads at worst here
+COUNTED_BYTES = 1024 * 1024  # above this, large without counting (5 ms a pass at 8 MB)
+TEXT_CHUNK = 1024 * 1024  # bytes made text at a time, each a short hold of the GIL
 BATCH_CHARS = 64 * 1024  # of a large LIST answer's items, decoded at a time
 
 
@@ -93,15 +96,27 @@ def decode_in_python(text: str) -> Any:
 
 
 def _large(data: str | bytes) -> bool:
-    return len(data) > INLINE_BYTES and values(data) > INLINE_VALUES
+    return len(data) > COUNTED_BYTES or (len(data) > INLINE_BYTES
+                                         and values(data) > INLINE_VALUES)
+
+
+def _text(data: str | bytes) -> str:
+    """`data` (UTF-8, as the API server sends JSON) as text, a chunk at a time."""
+    if isinstance(data, str):
+        return data
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    parts = [decoder.decode(view[start:start + TEXT_CHUNK])
+             for start in range(0, len(data), TEXT_CHUNK)]
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts)
 
 
 async def loads(data: str | bytes) -> Any:
     """json.loads(data), in a worker thread when it is large (see above)."""
     if not _large(data):
         return json.loads(data)
-    text = data.decode() if isinstance(data, bytes) else data
-    return await anyio.to_thread.run_sync(decode_in_python, text)
+    return await anyio.to_thread.run_sync(lambda: decode_in_python(_text(data)))
 
 
 # --- LIST answers --------------------------------------------------------------------------------
@@ -227,7 +242,7 @@ async def loads_list(data: bytes) -> dict[str, Any]:
     that way; any other is decoded whole."""
     if not _large(data):
         return json.loads(data)  # type: ignore[no-any-return]
-    text = data.decode()
+    text = await anyio.to_thread.run_sync(_text, data)
     page: dict[str, Any] = {}
     try:
         start, found = _members(text, _expect(text, _skip(text, 0), "{"), page,
