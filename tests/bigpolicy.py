@@ -83,18 +83,44 @@ async def create_binding(api: httpx.AsyncClient, namespace: str) -> dict[str, An
     return response.json()  # type: ignore[no-any-return]
 
 
-def status_writes(control_plane: LocalControlPlane, user: str, namespace: str, since: int
-                  ) -> set[str]:
-    """The NimbusPolicies whose status `user` has written (successfully), from the API server's
-    audit log (entries after `since`): asking the API server instead makes it decode each 1.5 MB
-    object again (a second or more, on this machine), and the caller's loop is the one measured.
-    Read the log in a worker thread (anyio.to_thread.run_sync): it is many small decodes."""
-    return {event["objectRef"]["name"] for event in control_plane.audit_events()[since:]
-            if event["user"].get("username") == user and event["stage"] == "ResponseComplete"
-            and event["verb"] == "patch" and event["objectRef"].get("subresource") == "status"
-            and event["objectRef"].get("resource") == "nimbuspolicies"
-            and event["objectRef"].get("namespace") == namespace
-            and event["responseStatus"]["code"] == 200}
+class AuditTail:
+    """`user`'s requests in `namespace` from now on, from the API server's audit log, read as it
+    grows: each read parses only the lines written since the last (the log of a whole test
+    session is tens of MB) and keeps only those requests. Asking the API server instead would
+    make it decode 1.5 MB objects again (a second or more each, here). Read it in a worker
+    thread (anyio.to_thread.run_sync) when the caller's event loop is the one measured."""
+
+    def __init__(self, control_plane: LocalControlPlane, user: str, namespace: str) -> None:
+        self.path = control_plane.audit_log
+        self.user, self.namespace = user, namespace
+        self.offset = self.path.stat().st_size
+        self.events: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every one of the requests (that has completed) so far."""
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            data = log.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            event = json.loads(line)
+            if event["user"].get("username") == self.user and event["stage"] == \
+                    "ResponseComplete" and event["objectRef"].get("namespace") == self.namespace:
+                self.events.append(event)
+        return self.events
+
+    def status_writes(self) -> set[str]:
+        """The NimbusPolicies whose status was written (successfully)."""
+        return {event["objectRef"]["name"] for event in self.read()
+                if event["objectRef"].get("resource") == "nimbuspolicies"
+                and event["verb"] == "patch" and event["objectRef"].get("subresource") == "status"
+                and event["responseStatus"]["code"] == 200}
+
+    def lease_updates(self) -> list[int]:
+        """The status of each update of a Lease."""
+        return [event["responseStatus"]["code"] for event in self.read()
+                if event["objectRef"].get("resource") == "leases" and event["verb"] == "update"]
 
 
 def deep_size(obj: Any, seen: set[int] | None = None) -> int:
@@ -183,13 +209,3 @@ class RenewalClock:
 
     def failed(self) -> int:
         return sum(not renewed for _, _, renewed in self.attempts)
-
-
-def lease_updates(control_plane: LocalControlPlane, user: str, namespace: str, since: int
-                  ) -> list[int]:
-    """The status of each of `user`'s updates of its Lease in `namespace`, from the API server's
-    audit log (entries after `since`)."""
-    return [event["responseStatus"]["code"] for event in control_plane.audit_events()[since:]
-            if event["user"].get("username") == user and event["stage"] == "ResponseComplete"
-            and event["verb"] == "update" and event["objectRef"].get("resource") == "leases"
-            and event["objectRef"].get("namespace") == namespace]

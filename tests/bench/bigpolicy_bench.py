@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.controller import Controller, ControllerConfig
 from reconciler.metrics import Metrics
 from tests.bigpolicy import (
+    AuditTail,
     LeadingReconciler,
     RenewalClock,
     big_body,
@@ -40,7 +41,6 @@ from tests.bigpolicy import (
     post,
     rule,
     started_process,
-    status_writes,
 )
 from tests.controlplane.assets import build
 from tests.controlplane.launcher import LocalControlPlane
@@ -60,13 +60,12 @@ class Run:
         self.owner = owner
         self.api = cp.async_client(timeout=120)
         self.lag = LoopLag()
-        self.mark = len(cp.audit_events())
+        self.audit = AuditTail(cp, USER, NAMESPACE)
         self.figures: dict[str, float] = {}
 
     async def written(self, names: list[str]) -> bool:
         assert not self.leader.manager.leadership_lost, "leader election lost"
-        done = await anyio.to_thread.run_sync(status_writes, self.cp, USER, NAMESPACE, self.mark)
-        return set(names) <= done
+        return set(names) <= await anyio.to_thread.run_sync(self.audit.status_writes)
 
     async def measured(self) -> None:
         """Start measuring afresh, once what this process did before (building the bodies,

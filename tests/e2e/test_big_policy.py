@@ -33,18 +33,17 @@ from reconciler.metrics import Metrics
 from tests.bigpolicy import (
     RETRY_PERIOD,
     RULES,
+    AuditTail,
     LeadingReconciler,
     RenewalClock,
     big_body,
     body,
     create_binding,
     kept_for,
-    lease_updates,
     nimbus_policies,
     post,
     rule,
     started_process,
-    status_writes,
 )
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, REPO, eventually
@@ -94,11 +93,8 @@ async def capped_events(api: httpx.AsyncClient, namespace: str, name: str
     return events if len(events) >= MAX_EVENTS else None
 
 
-async def statuses_written(control_plane: LocalControlPlane, namespace: str, since: int,
-                           *names: str) -> bool:
-    written = await anyio.to_thread.run_sync(status_writes, control_plane, RECONCILER_USER,
-                                             namespace, since)
-    return set(names) <= written
+async def statuses_written(audit: AuditTail, *names: str) -> bool:
+    return set(names) <= await anyio.to_thread.run_sync(audit.status_writes)
 
 
 async def adapter_policies(api: httpx.AsyncClient, namespace: str, name: str) -> list[str]:
@@ -117,7 +113,7 @@ async def test_nimbus_policies_at_the_size_limit(
     assert leader.manager.elector is not None
     renewals = RenewalClock(leader.manager.elector)
     lag = LoopLag()
-    mark = len(control_plane.audit_events())
+    audit = AuditTail(control_plane, RECONCILER_USER, namespace)
     started = time.monotonic()
 
     async with anyio.create_task_group() as tasks:
@@ -134,8 +130,8 @@ async def test_nimbus_policies_at_the_size_limit(
             api, namespace, *(f"{n}-dnsmanipulation" for n in small))),
                          60, "the small NimbusPolicies to converge")
         small_converged = time.monotonic() - small_posted
-        await eventually(lambda: while_leading(leader, statuses_written(
-            control_plane, namespace, mark, *bodies)), 120, "every status", interval=0.2)
+        await eventually(lambda: while_leading(leader, statuses_written(audit, *bodies)), 120,
+                         "every status", interval=0.2)
         # Events are posted after the status: as many as the cap allows, for so many problems
         events = {name: await eventually(lambda name=name: capped_events(api, namespace, name),
                                          30, f"{name}'s Events") for name in bodies}
@@ -148,7 +144,7 @@ async def test_nimbus_policies_at_the_size_limit(
         tasks.cancel_scope.cancel()
 
     statuses = {name: await adapter_policies(api, namespace, name) for name in bodies}
-    updates = lease_updates(control_plane, RECONCILER_USER, namespace, mark)
+    updates = audit.lease_updates()
     lateness = renewals.lateness()
     kept = {name: kept_for(leader.controller, f"{namespace}/{name}") for name in bodies}
     print(f"\n{len(bodies)} NimbusPolicies of {RULES} rules reconciled in {elapsed:.1f}s, "
