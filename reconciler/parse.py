@@ -2,8 +2,8 @@
 
 A malformed rule is reported and dropped on its own, so the other rules still take effect; only a
 NimbusPolicy whose metadata or selector cannot be read yields nothing. Rules past the limits of
-limits.py are not read at all (one problem says so). The original tutorial's
-flat rule dialect (`{id, action, params}`) is read as the upstream `{id, rule: {action, params}}`.
+limits.py are not read at all (one problem says so). The original tutorial's flat rule dialect
+(`{id, action, params}`) is read as the upstream `{id, rule: {action, params}}`.
 """
 
 from __future__ import annotations
