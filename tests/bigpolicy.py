@@ -192,10 +192,12 @@ class RenewalClock:
 
     def __init__(self, elector: LeaderElector) -> None:
         self.attempts: list[tuple[float, float, bool]] = []  # (began, ended, renewed)
+        self.began: list[float] = []  # of every attempt, those under way included
         attempt = elector._try_acquire_or_renew
 
         async def observed() -> bool:
             began = time.monotonic()
+            self.began.append(began)
             renewed = await attempt()
             self.attempts.append((began, time.monotonic(), renewed))
             return renewed

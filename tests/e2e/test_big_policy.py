@@ -155,12 +155,13 @@ async def test_nimbus_policies_at_the_size_limit(
           f"{max(kept.values()) / 1024:.0f} KiB")
 
     assert lag.longest_stall <= MAX_STALL, lag.summary()
-    # renewed every retry period throughout, at the first attempt each time, none begun later
-    # than half a period after it was due (the API server's time to answer is not counted)
+    # renewed every retry period throughout, from start to end, at the first attempt each
+    # time, none begun later than half a period after it was due (the API server's time to
+    # answer is not counted)
     assert not leader.manager.leadership_lost and leader.manager.elector.is_leader
     assert renewals.failed() == 0 and updates and set(updates) == {200}, updates
-    assert renewals.attempts[0][0] - started < RETRY_PERIOD + 0.5
-    assert ended - renewals.attempts[-1][1] < RETRY_PERIOD + 0.5
+    assert renewals.began[0] - started < 2 * RETRY_PERIOD
+    assert ended - renewals.began[-1] < 2 * RETRY_PERIOD
     assert max(lateness) < RETRY_PERIOD / 2, [f"{late:.2f}" for late in lateness]
     for name in bodies:
         assert len(events[name]) == MAX_EVENTS, (name, len(events[name]))
