@@ -59,9 +59,9 @@ async def test_the_loop_runs_while_a_large_body_is_decoded() -> None:
         during = len(ticks) - started
         done.set()
     assert len(decoded["spec"]["rules"]) == 31_500
-    # json.loads would let it run no more than once (before or after); how often it runs
-    # meanwhile depends on the machine's load
-    assert during >= 3, f"the loop ran {during} times while the body was decoded"
+    # json.loads, even in a thread, lets it run twice at most (as the thread starts and ends);
+    # how often it runs meanwhile depends on the machine's load (17-25 times at a load of 8)
+    assert during >= 5, f"the loop ran {during} times while the body was decoded"
 
 
 async def test_no_collection_runs_while_a_large_body_is_decoded() -> None:
