@@ -81,6 +81,7 @@ async def run_controller(options: RunOptions, metrics: Metrics | None = None) ->
     import logging
 
     from .manager import Manager
+    from .memory import freeze_startup_objects
     from .metrics import Metrics
     from .servingcerts import CertificateError
 
@@ -94,4 +95,5 @@ async def run_controller(options: RunOptions, metrics: Metrics | None = None) ->
                       options.controller, options.leader_election,
                       options.metrics_bind_address, options.health_probe_bind_address,
                       options.shutdown_grace, certificate)
+    freeze_startup_objects()
     return await manager.run()

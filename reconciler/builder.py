@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from .intents import CATALOGUE, Intent, RuleInput
+from .limits import clipped, quoted
 from .model import (
     KubeArmorPolicy,
     LabelSelector,
@@ -56,7 +57,8 @@ def desired_policies(nimbus_policy: NimbusPolicy
 
 def _problem(nimbus_policy: NimbusPolicy, kind: ProblemKind, index: int, rule: NimbusRule,
              field: str, message: str) -> Problem:
-    return Problem(kind, nimbus_policy.key, f"spec.rules[{index}]{field}", message, index, rule.id)
+    return Problem(kind, nimbus_policy.key, f"spec.rules[{index}]{field}", message, index,
+                   clipped(rule.id))
 
 
 def _rule_problem(nimbus_policy: NimbusPolicy, index: int, rule: NimbusRule,
@@ -65,13 +67,13 @@ def _rule_problem(nimbus_policy: NimbusPolicy, index: int, rule: NimbusRule,
     if intent is None:
         known = ", ".join(sorted(CATALOGUE))
         return _problem(nimbus_policy, ProblemKind.UNKNOWN_INTENT, index, rule, ".id",
-                        f"unknown intent {rule.id!r} (supported: {known})")
+                        f"unknown intent {quoted(rule.id)} (supported: {known})")
     if rule.id in seen:
         return _problem(nimbus_policy, ProblemKind.DUPLICATE_INTENT, index, rule, ".id",
-                        f"intent {rule.id!r} appears more than once; the first one applies")
+                        f"intent {quoted(rule.id)} appears more than once; the first one applies")
     if rule.rule.action not in ACTIONS:
         return _problem(nimbus_policy, ProblemKind.UNKNOWN_ACTION, index, rule, ".rule.action",
-                        f"unknown action {rule.rule.action!r} (use Block, Enforce or Audit)")
+                        f"unknown action {quoted(rule.rule.action)} (use Block, Enforce or Audit)")
     too_long = [name for sub in intent.policies
                 if len(name := policy_name(nimbus_policy.metadata.name, rule.id, sub.suffix))
                 > MAX_NAME_LENGTH]
@@ -87,12 +89,12 @@ def _param_problems(nimbus_policy: NimbusPolicy, index: int, rule: NimbusRule,
     problems = []
     for param, values in sorted(rule.rule.params.items()):
         check = intent.params.get(param)
-        field = f".rule.params.{param}"
+        field = f".rule.params.{clipped(param)}"
         if check is None:
             accepted = ", ".join(sorted(intent.params)) or "none"
             problems.append(_problem(nimbus_policy, ProblemKind.BAD_PARAM, index, rule, field,
-                                     f"{intent.id} takes no param {param!r} (accepted: {accepted});"
-                                     " ignored"))
+                                     f"{intent.id} takes no param {quoted(param)} (accepted: "
+                                     f"{accepted}); ignored"))
             continue
         problems += [_problem(nimbus_policy, ProblemKind.BAD_PARAM, index, rule, field,
                               f"{message}; ignored") for message in check(values)]

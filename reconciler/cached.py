@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .limits import RulesCut, rules_to_read
 from .names import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP
 
 Obj = dict[str, Any]
@@ -144,8 +145,8 @@ class CachedPolicy:
 @attrs.frozen(slots=True)
 class CachedNimbusPolicy:
     """A NimbusPolicy: its identity, its controller, its spec (the builder's input, kept as
-    the JSON text it arrived as and parsed only when its generation is new to us) and our part
-    of its status."""
+    the JSON text it arrived as and parsed only when its generation is new to us; with only the
+    rules that are read, limits.py, and where they were cut) and our part of its status."""
 
     namespace: str
     name: str
@@ -156,6 +157,7 @@ class CachedNimbusPolicy:
     controller: OwnerRef | None
     deleting: bool
     spec_json: str
+    rules_cut: RulesCut | None  # the spec's rules past the first rules_cut.read are not kept
     # What the status held, exactly enough for a JSON patch to test it: whether there was a
     # status at all, and whether it listed adapterPolicies (absent and [] differ to a `test`).
     has_status: bool
@@ -193,6 +195,11 @@ class CachedNimbusPolicy:
             generation = int(metadata.get("generation") or 0)
         except (TypeError, ValueError):
             generation = 0
+        spec, cut = obj.get("spec"), None
+        if isinstance(spec, dict) and isinstance(spec.get("rules"), list):
+            cut = rules_to_read(spec["rules"])
+            if cut is not None:
+                spec = {**spec, "rules": spec["rules"][:cut.read]}
         return cls(
             namespace=sys.intern(str(metadata.get("namespace") or "")),
             name=str(metadata.get("name") or ""), uid=str(metadata.get("uid") or ""),
@@ -201,7 +208,7 @@ class CachedNimbusPolicy:
             api_version=sys.intern(str(obj.get("apiVersion") or "")),
             controller=_owner_refs_of(metadata)[0],
             deleting=bool(metadata.get("deletionTimestamp")),
-            spec_json=json.dumps(obj.get("spec"), separators=(",", ":")),
+            spec_json=json.dumps(spec, separators=(",", ":")), rules_cut=cut,
             has_status=has_status,
             status=str(status.get("status") or ""),
             lists_adapter_policies=isinstance(listed, list),

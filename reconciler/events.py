@@ -29,7 +29,8 @@ COMPONENT = "nimbus-kubearmor"
 
 MAX_MESSAGE = 1024  # what `kubectl describe` and the events.k8s.io API keep of a note
 # A NimbusPolicy with hundreds of bad rules gets this many Events per generation, the last one
-# saying how many more there are; the log and the metric still count every problem.
+# saying how many more there are; the log and the metric count every problem reported (at most
+# limits.MAX_PROBLEMS and one counting the rest).
 MAX_EVENTS = 10
 
 
@@ -77,7 +78,7 @@ class ProblemReporter:
                 if posted == MAX_EVENTS - 1 and more:
                     problem = attrs.evolve(problem, message=f"{problem.message} (and {more} more "
                                            "problems in this NimbusPolicy; the reconciler's log "
-                                           "lists them all)")
+                                           "lists them)")
                 await self._post(nimbus_policy, problem, name)
                 posted += 1
             reported.add(name)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from .limits import quoted
 from .model import (
     CapabilityRules,
     FileRules,
@@ -89,7 +90,7 @@ def capability_name(value: str) -> str:
 
 def _check_capabilities(values: tuple[str, ...]) -> list[str]:
     known = ", ".join(ESCAPE_CAPABILITIES)
-    return [f"unknown capability {value!r} (escapeToHost blocks {known})"
+    return [f"unknown capability {quoted(value)} (escapeToHost blocks {known})"
             for value in values if capability_name(value) not in KNOWN_CAPABILITIES]
 
 

@@ -1,5 +1,6 @@
 """The Kubernetes API as this controller uses it, on kr8s's `Api.call_api`: paginated LIST,
-streaming WATCH with a read timeout, and the writes, with errors as one `ApiError` type."""
+streaming WATCH with a read timeout, and the writes, with errors as one `ApiError` type. Large
+answers are decoded without stalling the event loop (jsondecode.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import attrs
 import httpx
 import kr8s
 
+from .jsondecode import ListItems, loads, loads_list
 from .names import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 from .tokenfile import TokenFile
 
@@ -356,6 +358,12 @@ class KubeClient:
 
     async def _request(self, method: str, resource: Resource, namespace: str | None,
                        url: str, **kwargs: Any) -> Obj:
+        body = await self._request_body(method, resource, namespace, url, **kwargs)
+        return await loads(body) if body else {}
+
+    async def _request_body(self, method: str, resource: Resource, namespace: str | None,
+                            url: str, **kwargs: Any) -> bytes:
+        """The answer's body, undecoded."""
         try:
             return await self._attempts(method, resource, namespace, url, **kwargs)
         except ApiError as error:
@@ -364,7 +372,7 @@ class KubeClient:
             raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
-                        url: str, **kwargs: Any) -> Obj:
+                        url: str, **kwargs: Any) -> bytes:
         kwargs.setdefault("timeout", self.request_timeout)
         # Tell the server when we give up, as client-go does: it then stops working on the
         # request by then, so a write we gave up on cannot land much later than that.
@@ -377,7 +385,8 @@ class KubeClient:
                                              namespace=namespace, url=url,
                                              raise_for_status=False, **kwargs) as response:
                     if not response.is_error:
-                        return response.json() if response.content else {}
+                        body: bytes = response.content
+                        return body
                     error = ApiError.from_response(response)
             if not (error.unauthorized and attempt == 0):
                 raise error
@@ -391,10 +400,14 @@ class KubeClient:
     async def list(self, resource: Resource, namespace: str | None, *,
                    label_selector: str | None = None, limit: int | None = None,
                    continue_token: str | None = None, field_selector: str | None = None) -> Obj:
+        """One page. The items of a large one are decoded as they are read (jsondecode.ListItems:
+        iterate them once, with `one_at_a_time` to keep the event loop going)."""
         params = {k: v for k, v in (("labelSelector", label_selector), ("limit", limit),
                                     ("continue", continue_token),
                                     ("fieldSelector", field_selector)) if v}
-        return await self._request("GET", resource, namespace, self._url(resource), params=params)
+        body = await self._request_body("GET", resource, namespace, self._url(resource),
+                                        params=params)
+        return await loads_list(body)
 
     @contextlib.asynccontextmanager
     async def watch(self, resource: Resource, namespace: str | None, *, resource_version: str,
@@ -475,7 +488,21 @@ class KubeClient:
         """POST a review (TokenReview, SubjectAccessReview) and return the answer with its
         status. A review stores nothing, so one left without an answer is no write that may
         still land (writes_may_still_land stays as it was)."""
-        return await self._attempts("POST", resource, None, self._url(resource), json=body)
+        answer = await self._attempts("POST", resource, None, self._url(resource),
+                                              json=body)
+        return await loads(answer) if answer else {}
+
+
+async def one_at_a_time(items: list[Obj] | ListItems) -> AsyncIterator[Obj]:
+    """The items of a LIST page, each let go of by the page as it is handed out (its JSON goes
+    once the reader is done with it); those of a large page decoded only as they are reached."""
+    if isinstance(items, ListItems):
+        async for item in items:
+            yield item
+        return
+    for index, item in enumerate(items):
+        items[index] = None  # type: ignore[call-overload]
+        yield item
 
 
 async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterator[Obj]:
@@ -492,4 +519,4 @@ async def _events(response: httpx.Response, read_timeout: float) -> AsyncIterato
             except TimeoutError as silent:
                 raise ApiError(0, "Timeout", f"watch stream silent for {read_timeout:.0f}s") from silent
             if line:
-                yield json.loads(line)
+                yield await loads(line)

@@ -1,8 +1,9 @@
 """From the JSON of a NimbusPolicy to a `NimbusPolicy` value, or problems naming what is wrong.
 
 A malformed rule is reported and dropped on its own, so the other rules still take effect; only a
-NimbusPolicy whose metadata or selector cannot be read yields nothing. The original tutorial's
-flat rule dialect (`{id, action, params}`) is read as the upstream `{id, rule: {action, params}}`.
+NimbusPolicy whose metadata or selector cannot be read yields nothing. Rules past the limits of
+limits.py are not read at all (one problem says so). The original tutorial's flat rule dialect
+(`{id, action, params}`) is read as the upstream `{id, rule: {action, params}}`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import cattrs
 
+from .limits import RulesCut, clipped, rules_to_read
 from .model import (
     LabelSelector,
     NimbusPolicy,
@@ -49,8 +51,10 @@ def _structure(cls: type[Any], data: Any, policy: str, field: str, index: int | 
                       for m in messages]
 
 
-def parse_nimbus_policy(data: Any, default_namespace: str = "default"
+def parse_nimbus_policy(data: Any, default_namespace: str = "default",
+                        cut: RulesCut | None = None
                         ) -> tuple[NimbusPolicy | None, tuple[Problem, ...]]:
+    """`cut`: where a reader before this one (the cache) stopped reading the rules of `data`."""
     if not isinstance(data, Mapping):
         return None, (_malformed("?", "(document)", f"expected an object, got {type(data).__name__}"),)
     raw_meta = data.get("metadata")
@@ -77,6 +81,12 @@ def parse_nimbus_policy(data: Any, default_namespace: str = "default"
     if not isinstance(raw_rules, list):
         problems.append(_malformed(key, "spec.rules", "required list missing"))
         raw_rules = []
+    own_cut = rules_to_read(raw_rules)
+    if own_cut is not None:
+        raw_rules = raw_rules[:own_cut.read]
+    cut = cut or own_cut
+    if cut is not None:
+        problems.append(cut.problem(key))
     if metadata is None or selector is None or "selector" not in spec:
         return None, tuple(problems)
 
@@ -85,7 +95,7 @@ def parse_nimbus_policy(data: Any, default_namespace: str = "default"
         rule_id = raw_rule.get("id") if isinstance(raw_rule, Mapping) else None
         rule, rule_problems = _structure(NimbusRule, _from_tutorial_dialect(raw_rule), key,
                                          f"spec.rules[{index}]", index,
-                                         rule_id if isinstance(rule_id, str) else None)
+                                         clipped(rule_id) if isinstance(rule_id, str) else None)
         problems += rule_problems
         rules.append(rule)  # None keeps the indices of later rules as the user wrote them
     status = None

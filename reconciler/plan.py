@@ -12,6 +12,7 @@ import attrs
 from .builder import desired_policies
 from .cached import CachedNimbusPolicy, CachedPolicy
 from .diff import Fingerprint, Obj, PolicyDiff, diff_policies, fingerprints, render
+from .limits import kept_problems
 from .model import KubeArmorPolicy
 from .parse import parse_nimbus_policy
 from .problems import Problem, ProblemKind
@@ -33,12 +34,12 @@ class Desired:
     were not just built."""
 
     fingerprints: Mapping[str, Fingerprint]
-    problems: tuple[Problem, ...]
+    problems: tuple[Problem, ...]  # at most limits.MAX_PROBLEMS, and one counting the rest
 
 
 def _build(nimbus_policy: CachedNimbusPolicy
            ) -> tuple[tuple[KubeArmorPolicy, ...], tuple[Problem, ...]]:
-    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json())
+    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json(), cut=nimbus_policy.rules_cut)
     if parsed is None:
         return (), problems
     policies, build_problems = desired_policies(parsed)
@@ -49,7 +50,7 @@ def build_desired(nimbus_policy: CachedNimbusPolicy) -> tuple[Desired, dict[str,
     """What to remember, and the JSON of each policy by name (for this reconcile's writes)."""
     policies, problems = _build(nimbus_policy)
     rendered = render(policies)
-    return Desired(fingerprints(rendered), problems), rendered
+    return Desired(fingerprints(rendered), kept_problems(nimbus_policy.key, problems)), rendered
 
 
 def desired_objects(nimbus_policy: CachedNimbusPolicy) -> dict[str, Obj]:

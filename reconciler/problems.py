@@ -19,6 +19,7 @@ class ProblemKind(enum.Enum):
     NAME_TAKEN = "NameTaken"  # a policy name is held by an object this NimbusPolicy does not own
     WRITE_REFUSED = "WriteRefused"  # the API server refused a write (403, 422): an admission
     # policy, a quota, RBAC
+    TOO_LARGE = "TooLarge"  # more rules, params or problems than are read or kept (limits.py)
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from typing import Any, Generic
 import anyio
 
 from .clock import Clock, MonotonicClock
-from .kube import ApiError, KubeClient, Resource, api_error
+from .kube import ApiError, KubeClient, Resource, api_error, one_at_a_time
 from .memory import release_free_memory
 from .metrics import Metrics
 from .store import Change, Store, V
@@ -216,8 +216,8 @@ class Reflector(Generic[V]):
                 list_version = str(metadata.get("resourceVersion") or "")
                 items = page.pop("items", None) or []
                 del page
-                for index, item in enumerate(items):
-                    items[index] = None  # the JSON goes as soon as it is slimmed
+                # the JSON goes as soon as it is slimmed (a large page's is decoded item by item)
+                async for item in one_at_a_time(items):
                     key = named.add(item)
                     if self._known(key, item, as_of=list_version):
                         continue

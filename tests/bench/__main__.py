@@ -11,12 +11,19 @@ import os
 import platform
 from pathlib import Path
 
-from . import controller_bench, memory_bench, namespaces_bench, queue_bench, startup_bench
+from . import (
+    bigpolicy_bench,
+    controller_bench,
+    memory_bench,
+    namespaces_bench,
+    queue_bench,
+    startup_bench,
+)
 
 RESULTS = Path(__file__).parent / "results.json"
 SUITES = {"queue": queue_bench.run, "memory": memory_bench.run,
           "startup": startup_bench.run, "controller": controller_bench.run,
-          "namespaces": namespaces_bench.run}
+          "namespaces": namespaces_bench.run, "bigpolicy": bigpolicy_bench.run}
 
 
 def main() -> int:

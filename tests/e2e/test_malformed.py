@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from reconciler.builder import desired_policies
 from reconciler.intents import CATALOGUE
+from reconciler.limits import kept_problems
 from reconciler.parse import parse_nimbus_policy
 from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.e2e.nimbus import kubearmor_policies, nimbus_policies
@@ -70,10 +71,11 @@ bodies = st.tuples(st.integers(0, 99), st.integers(0, 99), dns_label, near_limit
 
 
 def problems_expected(obj: dict[str, Any]) -> int:
+    """Problems reported: at most limits.MAX_PROBLEMS per generation, and one counting the rest."""
     parsed, parse_problems = parse_nimbus_policy(obj)
     if parsed is None:
-        return len(parse_problems)
-    return len(parse_problems) + len(desired_policies(parsed)[1])
+        return len(kept_problems("", parse_problems))
+    return len(kept_problems("", parse_problems + desired_policies(parsed)[1]))
 
 
 def test_malformed_nimbus_policies(control_plane: LocalControlPlane,
