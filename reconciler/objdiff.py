@@ -79,7 +79,9 @@ def apply_json_patch(document: Any, operations: Sequence[Obj]) -> Any:
         parent, last = _parent(result, tokens, path), tokens[-1]
         if op == "test":
             if isinstance(parent, dict):
-                found = last in parent and parent[last] == operation.get("value")
+                # as the API server's JSON patch (evanphx/json-patch) has it: an absent member
+                # tests equal to null (our status patch relies on it)
+                found = parent.get(last) == operation.get("value")
             else:
                 found = parent[_index(parent, last, for_add=False)] == operation.get("value")
             if not found:

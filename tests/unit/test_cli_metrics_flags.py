@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler import cli
+from reconciler.exitcode import ExitCode
 
 
 @pytest.mark.parametrize(("flags", "secure"), [
@@ -27,5 +28,5 @@ def test_metrics_secure(flags: list[str], secure: bool) -> None:
 def test_refused(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(flags)
-    assert exit_.value.code == 2
+    assert exit_.value.code == ExitCode.NOT_RUN  # bad flags: could not run (2 is bad input)
     assert message in capsys.readouterr().err

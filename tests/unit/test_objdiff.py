@@ -52,6 +52,17 @@ def test_json_patch_ops() -> None:
     assert doc == {"a": {"b": [1, 2]}, "c": "x", "d/e": {"~f": 1}}  # the input is left alone
 
 
+def test_an_absent_member_tests_as_null_as_on_the_api_server() -> None:
+    """kube-apiserver's JSON patch passes `test` null on a member that is not there (the status
+    patch of a NimbusPolicy without a status relies on it), and so must the dry run's."""
+    patched = apply_json_patch({"spec": {}}, [
+        {"op": "test", "path": "/status", "value": None},
+        {"op": "add", "path": "/status", "value": {"status": "Created"}}])
+    assert patched == {"spec": {}, "status": {"status": "Created"}}
+    with pytest.raises(PatchError):
+        apply_json_patch({"spec": {}}, [{"op": "test", "path": "/spec", "value": None}])
+
+
 @pytest.mark.parametrize("ops", [
     [{"op": "test", "path": "/c", "value": "other"}],
     [{"op": "replace", "path": "/missing", "value": 1}],
