@@ -7,6 +7,11 @@ BENCH_ARGS ?=
 IMG ?= ghcr.io/nimbus-kubearmor/reconciler
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CONTAINER_TOOL ?= docker
+# The Kubernetes release the local control plane is built from and the tests run on; empty: the
+# newest supported (tests/controlplane/versions.py). Any release the Go module proxy serves, e.g.
+# make e2e KUBERNETES_VERSION=v1.30.14 (each built once, cached by version).
+KUBERNETES_VERSION ?=
+export KUBERNETES_VERSION
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lock controlplane prometheus tools test unit e2e faults soak lint bench demo run render crds image push-image clean
@@ -35,7 +40,7 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 venv: $(VENV)/.installed ## Create the virtualenv and install dependencies
 
-controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl (cached by version)
+controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl of KUBERNETES_VERSION (cached)
 	$(PY) -m tests.controlplane.assets build
 
 tools: venv ## Build the tools tests run (helm) from the Go module proxy (cached by version)
@@ -52,7 +57,7 @@ test: controlplane tools prometheus ## Run every test: unit, and end-to-end on a
 unit: venv prometheus ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane tools prometheus ## Run the end-to-end tests only
+e2e: controlplane tools prometheus ## Run the end-to-end tests only (on KUBERNETES_VERSION)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only
