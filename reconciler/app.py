@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -20,6 +21,12 @@ from .manager import Manager
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# kr8s warns, as a bare line on stderr outside our log format, whenever the API server is newer
+# than the newest Kubernetes it names (kr8s 0.20.15: 1.35). We use it only to authenticate and
+# send requests, and test the releases we support (1.30 to 1.37, README) ourselves.
+warnings.filterwarnings("ignore", message=r"Kubernetes version \S+ is not supported",
+                        category=UserWarning, module=r"kr8s\.")
 
 
 @attrs.frozen
