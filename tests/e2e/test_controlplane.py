@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
@@ -146,6 +147,50 @@ def test_watch_from_compacted_resource_version_is_gone(control_plane: LocalContr
         assert status == 200 and first is not None
         assert first["type"] == "ERROR", first
         assert first["object"]["code"] == 410, first
+
+
+async def test_a_reflectors_watch_sees_later_changes(control_plane: LocalControlPlane,
+                                                     namespace: str) -> None:
+    """reflector.py: from the LIST's resourceVersion, with bookmarks."""
+    await _watch_sees_a_later_change(control_plane, namespace, start="list", bookmarks=True)
+
+
+async def test_the_lease_watch_sees_later_changes(control_plane: LocalControlPlane,
+                                                  namespace: str) -> None:
+    """leaderelection.py: from now (resourceVersion ""), without bookmarks. Not asked, and not
+    done: the same with bookmarks, which kube-apiserver v1.37.2 leaves silent after its first
+    BOOKMARK (v1.30 to v1.35 go on with the changes)."""
+    await _watch_sees_a_later_change(control_plane, namespace, start="", bookmarks=False)
+
+
+async def _watch_sees_a_later_change(control_plane: LocalControlPlane, namespace: str,
+                                     start: str, bookmarks: bool) -> None:
+    """What every supported release must do for a kind of watch the reconciler opens."""
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    async with control_plane.async_client() as client:
+        (await client.post(leases, json={"metadata": {"name": "l"},
+                                         "spec": {"holderIdentity": "a"}})).raise_for_status()
+        listed = (await client.get(leases)).json()["metadata"]["resourceVersion"]
+        params = {"watch": "true", "timeoutSeconds": "10", "fieldSelector": "metadata.name=l",
+                  "resourceVersion": listed if start == "list" else start}
+        if bookmarks:
+            params["allowWatchBookmarks"] = "true"
+        async with client.stream("GET", leases, params=params,
+                                 timeout=httpx.Timeout(15)) as stream:
+            assert stream.status_code == 200
+            events = stream.aiter_lines()
+            if start == "":
+                first = json.loads(await anext(events))  # the current state first
+                assert (first["type"], first["object"]["spec"]["holderIdentity"]) == ("ADDED", "a")
+            lease = (await client.get(f"{leases}/l")).json()
+            lease["spec"]["holderIdentity"] = "b"
+            (await client.put(f"{leases}/l", json=lease)).raise_for_status()
+            with anyio.fail_after(5):
+                async for line in events:
+                    event = json.loads(line)
+                    if event["type"] == "MODIFIED":
+                        assert event["object"]["spec"]["holderIdentity"] == "b"
+                        break
 
 
 def test_audit_log_records_writes(control_plane: LocalControlPlane, namespace: str) -> None:
