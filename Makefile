@@ -12,6 +12,11 @@ CONTAINER_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo pod
 # Both stages' base: `debian` is made from Debian's archive (no registry needed, tests/image/base.py);
 # python:3.11-slim is the Dockerfile's own, from the registry.
 BASE_IMAGE ?= debian
+# The Kubernetes release the local control plane is built from and the tests run on; empty: the
+# newest supported (tests/controlplane/versions.py). Any release the Go module proxy serves, e.g.
+# make e2e KUBERNETES_VERSION=v1.30.14 (each built once, cached by version).
+KUBERNETES_VERSION ?=
+export KUBERNETES_VERSION
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lock controlplane prometheus container-tools tools test unit e2e faults soak sieve contention lint bench demo run render crds image push-image clean
@@ -43,7 +48,7 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 venv: $(VENV)/.installed ## Create the virtualenv and install dependencies
 
-controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl (cached by version)
+controlplane: venv ## Build etcd, kube-apiserver, kube-controller-manager, kubectl of KUBERNETES_VERSION (cached)
 	$(PY) -m tests.controlplane.assets build
 
 tools: venv ## Build the tools tests run (helm) from the Go module proxy (cached by version)
@@ -66,7 +71,7 @@ test: controlplane tools prometheus container-tools ## Run every test: unit, and
 unit: venv prometheus ## Run the unit tests only (no control plane)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: controlplane tools prometheus container-tools ## Run the end-to-end tests only
+e2e: controlplane tools prometheus container-tools ## Run the end-to-end tests only (on KUBERNETES_VERSION)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 faults: controlplane ## Run the fault-injection tests only

@@ -4,6 +4,7 @@ controller needs is imported when it runs."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
     from .leaderelection import LeaderElectionConfig
     from .metrics import Metrics
     from .servingcerts import ServingCertificate
+
+# kr8s warns, as a bare line on stderr outside our log format, whenever the API server is newer
+# than the newest Kubernetes it names (kr8s 0.20.15: 1.35). We use it only to authenticate and
+# send requests, and test the releases we support (1.30 to 1.37, README) ourselves.
+warnings.filterwarnings("ignore", message=r"Kubernetes version \S+ is not supported",
+                        category=UserWarning, module=r"kr8s\.")
 
 
 @attrs.frozen

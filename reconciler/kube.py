@@ -412,11 +412,14 @@ class KubeClient:
     @contextlib.asynccontextmanager
     async def watch(self, resource: Resource, namespace: str | None, *, resource_version: str,
                     timeout_seconds: int, read_timeout: float, label_selector: str | None = None,
-                    field_selector: str | None = None) -> AsyncIterator[AsyncIterator[Obj]]:
+                    field_selector: str | None = None,
+                    bookmarks: bool = True) -> AsyncIterator[AsyncIterator[Obj]]:
         """The watch's events, one dict each. A stream silent for `read_timeout` seconds raises
         ApiError(0, "Timeout"); the server ends it cleanly after `timeout_seconds`."""
         params: dict[str, Any] = {"watch": "true", "resourceVersion": resource_version,
-                                  "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
+                                  "timeoutSeconds": timeout_seconds}
+        if bookmarks:
+            params["allowWatchBookmarks"] = "true"
         if label_selector:
             params["labelSelector"] = label_selector
         if field_selector:

@@ -236,14 +236,18 @@ class LeaderElector:
     async def _watch_lease(self) -> None:
         """Wake the acquire loop whenever the Lease changes; errors just end the speed-up. A
         stream that fails, or ends within a second, is opened again only after the retry
-        period: a proxy closing every stream at once must not make this a hot loop."""
+        period: a proxy closing every stream at once must not make this a hot loop.
+        No bookmarks: only changes matter here, and kube-apiserver v1.37.2 sends a watch from
+        resourceVersion "" that asked for them its current state and one BOOKMARK, then nothing
+        more (v1.30 to v1.35 go on with the changes)."""
         cfg = self.config
         while True:
             started, failed = self.clock.now(), False
             try:
                 async with self.client.watch(LEASES, cfg.namespace, resource_version="",
                                              timeout_seconds=300, read_timeout=90,
-                                             field_selector=f"metadata.name={cfg.name}") as events:
+                                             field_selector=f"metadata.name={cfg.name}",
+                                             bookmarks=False) as events:
                     async for _ in events:
                         self._changed.set()
             except ApiError:

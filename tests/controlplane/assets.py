@@ -1,5 +1,12 @@
-"""Where the control plane binaries come from: KUBEBUILDER_ASSETS, else a version-keyed cache
-outside the repository, filled by `go build` from the Go module proxy when empty.
+"""Where the control plane binaries come from: KUBEBUILDER_ASSETS, else a cache outside the
+repository with one directory per Kubernetes release, filled when empty by `go build` from the Go
+module proxy, in a module generated for that release (gen_gomod.py) and kept beside the binaries:
+
+    ~/.cache/nimbus-kubearmor/controlplane/kubernetes-v1.37.2/
+        etcd  kube-apiserver  kube-controller-manager  kubectl
+        module/go.mod  module/go.sum  module/cmd/etcd/   (what they were built from)
+
+The release is $KUBERNETES_VERSION, else the newest supported one (versions.py).
 
     python -m tests.controlplane.assets build   # build if absent, print the directory
     python -m tests.controlplane.assets path    # print the directory, fail if not built
@@ -21,7 +28,8 @@ import attrs
 
 from tests.buildcache import build_once
 
-MODULE_DIR = Path(__file__).resolve().parent
+from . import gen_gomod, versions
+
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 # envtest's asset bundles ship no kube-controller-manager or kubectl; we cannot do without the
 # garbage collector, so we ask for it explicitly rather than silently testing without it.
@@ -32,6 +40,7 @@ _GO_PACKAGES = {
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
+MODULE_SUBDIRECTORY = "module"
 
 
 class AssetsError(RuntimeError):
@@ -42,10 +51,6 @@ class AssetsError(RuntimeError):
 class Versions:
     kubernetes: str
     etcd: str
-
-    @property
-    def cache_key(self) -> str:
-        return f"kubernetes-{self.kubernetes}_etcd-{self.etcd}"
 
 
 @attrs.frozen
@@ -60,7 +65,8 @@ class Assets:
         return path
 
 
-def pinned_versions(gomod: Path = MODULE_DIR / "go.mod") -> Versions:
+def module_versions(gomod: Path) -> Versions:
+    """The Kubernetes and etcd versions a generated module builds."""
     text = gomod.read_text()
 
     def version_of(module: str) -> str:
@@ -80,12 +86,17 @@ def cache_root() -> Path:
     return Path(base) / "nimbus-kubearmor" / "controlplane"
 
 
+def cache_key(kubernetes: str) -> str:
+    return f"kubernetes-{kubernetes}"
+
+
 def _complete(directory: Path, names: tuple[str, ...]) -> bool:
     return all(os.access(directory / n, os.X_OK) for n in names)
 
 
-def locate() -> Assets | None:
-    """The binaries to use, or None when they still need building."""
+def locate(kubernetes: str | None = None) -> Assets | None:
+    """The binaries to use (of `kubernetes`, by default the requested release), or None when
+    they still need building."""
     kubebuilder = os.environ.get("KUBEBUILDER_ASSETS")
     if kubebuilder:
         directory = Path(kubebuilder)
@@ -97,9 +108,10 @@ def locate() -> Assets | None:
                 "unset it to build everything with `make controlplane`"
             )
         return Assets(directory, None)
-    versions = pinned_versions()
-    directory = cache_root() / versions.cache_key
-    return Assets(directory, versions) if _complete(directory, BINARIES) else None
+    directory = cache_root() / cache_key(kubernetes or versions.requested())
+    if not _complete(directory, BINARIES):
+        return None
+    return Assets(directory, module_versions(directory / MODULE_SUBDIRECTORY / "go.mod"))
 
 
 def _ldflags(version: str) -> str:
@@ -113,28 +125,35 @@ def _ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build(log: TextIO | None = None) -> Assets:
-    """Build every binary into the cache (once; concurrent callers wait on a lock)."""
+def build(log: TextIO | None = None, kubernetes: str | None = None) -> Assets:
+    """Build every binary of `kubernetes` (by default the requested release) into the cache
+    (once; concurrent callers wait on a lock)."""
     out = log or sys.stderr
-    if locate() is None and shutil.which("go") is None:
+    release = kubernetes or versions.requested()
+    if locate(release) is None and shutil.which("go") is None:
         raise AssetsError("`go` is not on PATH: it is needed once to build the control plane")
-    versions = pinned_versions()
 
     def build_into(staging: Path) -> None:
+        module = staging / MODULE_SUBDIRECTORY
+        print(f"controlplane: generating the Go module for Kubernetes {release} "
+              f"(gen_gomod.py, into {cache_root() / cache_key(release) / MODULE_SUBDIRECTORY})",
+              file=out, flush=True)
+        for note in gen_gomod.write_module(release, module):
+            print(f"controlplane: {note}", file=out, flush=True)
+        etcd = module_versions(module / "go.mod").etcd
         for name in BINARIES:
-            print(f"controlplane: building {name} ({versions.kubernetes}, etcd {versions.etcd}) "
-                  "with go build; the first build takes several minutes", file=out, flush=True)
+            print(f"controlplane: building {name} ({release}, etcd {etcd}) with go build; "
+                  "the first build takes several minutes", file=out, flush=True)
             started = time.monotonic()
             subprocess.run(
-                ["go", "build", "-trimpath", "-ldflags", _ldflags(versions.kubernetes),
+                ["go", "build", "-trimpath", "-ldflags", _ldflags(release),
                  "-o", str(staging / name), _GO_PACKAGES[name]],
-                cwd=MODULE_DIR, check=True,
-                env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"},
+                cwd=module, check=True, env=gen_gomod.go_env(),
             )
             print(f"controlplane: built {name} in {time.monotonic() - started:.0f}s",
                   file=out, flush=True)
 
-    return build_once(cache_root(), versions.cache_key, locate, build_into)
+    return build_once(cache_root(), cache_key(release), lambda: locate(release), build_into)
 
 
 def main(argv: list[str]) -> int:
@@ -145,13 +164,15 @@ def main(argv: list[str]) -> int:
         elif command == "path":
             found = locate()
             if found is None:
-                print("control plane binaries not built; run `make controlplane`", file=sys.stderr)
+                print(f"control plane binaries of Kubernetes {versions.requested()} not built; "
+                      "run `make controlplane`", file=sys.stderr)
                 return 1
             print(found.directory)
         else:
             print("usage: python -m tests.controlplane.assets [build|path]", file=sys.stderr)
             return 2
-    except (AssetsError, subprocess.CalledProcessError) as error:
+    except (AssetsError, versions.VersionError, gen_gomod.GoModError,
+            subprocess.CalledProcessError) as error:
         print(f"controlplane: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,17 +1,30 @@
-"""Regenerate this directory's go.mod for one Kubernetes release.
+"""The Go module the control plane of one Kubernetes release is built from, generated from that
+release's own go.mod (nothing hand-copied, nothing checked in per version).
 
 k8s.io/kubernetes points every k8s.io/* staging module at ./staging/src/..., which does not exist
-outside its own repository. We read the replace block of the requested release's own go.mod (fetched
+outside its own repository. We read the replace block of the requested release's go.mod (fetched
 through the Go module proxy with `go mod download`) and redirect each of those modules to its
-published v0.X.Y tag, so the list always matches the release instead of being hand-copied.
+published v0.MINOR.PATCH tag; `go mod tidy` then resolves everything else, etcd included, by
+minimal version selection from the release's own requirements, so the same release always gives
+the same module (go.sum checked against the checksum database).
 
-    python tests/controlplane/gen_gomod.py v1.35.4
+The release's `go` version and `godebug` settings are kept, so the binaries run with the
+GODEBUG defaults the release was built with. The `tool` block needs `go 1.24` in go.mod: for an
+older release we write `go 1.24.0` and `godebug default=go<release's go>` instead.
+
+The module proxy reachable here does not serve every module version (k8s.io/endpointslice
+v0.31.14, for one). When `go mod tidy` is refused a staging module the build needs, we take the
+newest earlier patch of the same minor it serves (v0.31.13), say so in go.mod, and report it.
+
+    python -m tests.controlplane.gen_gomod v1.37.2 DIRECTORY   # write DIRECTORY/go.mod, go.sum
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,34 +36,83 @@ TOOLS = (
     "k8s.io/kubernetes/cmd/kube-controller-manager",
     "k8s.io/kubernetes/cmd/kubectl",
 )
+# etcd's server is a library in the module k8s.io/kubernetes requires; this is its main.
+ETCD_MAIN = HERE / "cmd" / "etcd" / "main.go"
+RELEASE = re.compile(r"v1\.(\d+)\.(\d+)")
+_TOOL_DIRECTIVE_SINCE = (1, 24)
 _STAGING = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/src/\S+\s*$")
-_GO_DIRECTIVE = re.compile(r"^go\s+(\S+)\s*$", re.M)
+_GO_DIRECTIVE = re.compile(r"^go\s+(\d+)\.(\d+)(?:\.\d+)?\s*$", re.M)
+_GODEBUG = re.compile(r"^godebug\s+\S.*$", re.M)
+# how `go mod tidy` reports a module version the proxy refuses
+_UNSERVED = re.compile(r"(k8s\.io/[\w.-]+)@v0\.\d+\.\d+: reading \S+: (?:403|404|410)\b")
+_ROUNDS = 3  # tidy names every refused module at once: the second round should succeed
+
+
+class GoModError(RuntimeError):
+    pass
+
+
+def go_env() -> dict[str, str]:
+    # -mod=mod: let `go build` fill in go.sum lines tidy left out (test-only dependencies).
+    return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"}
 
 
 def upstream_gomod(version: str) -> str:
-    out = subprocess.run(
+    """k8s.io/kubernetes@version's go.mod, from the module proxy (or the module cache)."""
+    download = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        check=True, capture_output=True, text=True, cwd="/",
-    ).stdout
-    return Path(json.loads(out)["GoMod"]).read_text()
+        capture_output=True, text=True, cwd="/", env={**go_env(), "GOFLAGS": "-buildvcs=false"},
+    )
+    if download.returncode != 0:
+        # -json puts the reason (e.g. "unknown revision") in the Error field on stdout
+        try:
+            reason = json.loads(download.stdout).get("Error", "")
+        except ValueError:
+            reason = ""
+        raise GoModError(f"k8s.io/kubernetes@{version} is not served by the Go module proxy: "
+                         f"{reason or download.stderr.strip()}")
+    return Path(json.loads(download.stdout)["GoMod"]).read_text()
 
 
 def staging_modules(gomod: str) -> list[str]:
     return sorted({m.group(1) for line in gomod.splitlines() if (m := _STAGING.match(line))})
 
 
-def render(version: str, gomod: str) -> str:
-    major, minor, patch = version.lstrip("v").split(".")
-    staging_version = f"v0.{minor}.{patch}"
+def staging_version(version: str) -> str:
+    """The tag of the staging modules released with `version` (v1.37.2 -> v0.37.2)."""
+    release = RELEASE.fullmatch(version)
+    if release is None:
+        raise GoModError(f"{version!r} is not a Kubernetes release like v1.37.2")
+    return "v0.{}.{}".format(*release.groups())
+
+
+def render(version: str, gomod: str, substitutes: dict[str, str] | None = None) -> str:
+    """go.mod for `version`; `substitutes`: staging modules to take at another version."""
+    substitutes = substitutes or {}
+    wanted = staging_version(version)
     go_directive = _GO_DIRECTIVE.search(gomod)
-    if go_directive is None or major != "1":
-        raise SystemExit(f"unexpected k8s.io/kubernetes {version} go.mod")
+    if go_directive is None:
+        raise GoModError(f"unexpected k8s.io/kubernetes {version} go.mod (no `go` line)")
+    staging = staging_modules(gomod)
+    if not staging:
+        raise GoModError(f"k8s.io/kubernetes {version} go.mod replaces no staging modules")
+    go_version = (int(go_directive.group(1)), int(go_directive.group(2)))
+    godebug = _GODEBUG.findall(gomod)
+    go_line = go_directive.group(0).strip()
+    if go_version < _TOOL_DIRECTIVE_SINCE:
+        go_line = "go {}.{}.0".format(*_TOOL_DIRECTIVE_SINCE)
+        if not any(line.split()[1].startswith("default=") for line in godebug):
+            godebug.insert(0, "godebug default=go{}.{}".format(*go_version))
     lines = [
-        "// Generated by gen_gomod.py from k8s.io/kubernetes " + version + "'s go.mod; do not edit.",
+        f"// Generated by gen_gomod.py from k8s.io/kubernetes {version}'s go.mod; do not edit.",
+        *(f"// {m} {wanted} is not served by the Go module proxy: {v} instead."
+          for m, v in sorted(substitutes.items())),
         f"module {MODULE}",
         "",
-        f"go {go_directive.group(1)}",
+        go_line,
         "",
+        *godebug,
+        *([""] if godebug else []),
         f"require k8s.io/kubernetes {version}",
         "",
         "tool (",
@@ -58,20 +120,78 @@ def render(version: str, gomod: str) -> str:
         ")",
         "",
         "replace (",
-        *(f"\t{m} => {m} {staging_version}" for m in staging_modules(gomod)),
+        *(f"\t{m} => {m} {substitutes.get(m, wanted)}" for m in staging),
         ")",
         "",
     ]
     return "\n".join(lines)
 
 
-def main() -> None:
-    if len(sys.argv) != 2 or not re.fullmatch(r"v1\.\d+\.\d+", sys.argv[1]):
-        raise SystemExit("usage: gen_gomod.py v1.MINOR.PATCH")
-    version = sys.argv[1]
-    (HERE / "go.mod").write_text(render(version, upstream_gomod(version)))
-    subprocess.run(["go", "mod", "tidy"], check=True, cwd=HERE)
+def nearest_served(module: str, wanted: str) -> str | None:
+    """The newest version of `module` the proxy serves with the same minor as `wanted` and an
+    earlier patch, if any."""
+    listed = subprocess.run(["go", "list", "-e", "-m", "-versions", "-json", module],
+                            capture_output=True, text=True, cwd="/",
+                            env={**go_env(), "GOFLAGS": ""})
+    try:
+        served = json.loads(listed.stdout).get("Versions") or []
+    except ValueError:
+        return None
+    prefix, patch = wanted.rsplit(".", 1)
+    same_minor = re.compile(re.escape(prefix) + r"\.(\d+)")
+    earlier = [int(m.group(1)) for v in served if (m := same_minor.fullmatch(v))
+               and int(m.group(1)) < int(patch)]
+    return f"{prefix}.{max(earlier)}" if earlier else None
+
+
+def write_module(version: str, directory: Path) -> list[str]:
+    """Write the module for `version` into `directory` (go.mod, go.sum, cmd/etcd); returns a
+    note for each staging module taken at another version than the release's."""
+    upstream = upstream_gomod(version)
+    wanted = staging_version(version)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cmd" / "etcd").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ETCD_MAIN, directory / "cmd" / "etcd" / "main.go")
+    substitutes: dict[str, str] = {}
+    for _ in range(_ROUNDS):
+        (directory / "go.mod").write_text(render(version, upstream, substitutes))
+        tidy = subprocess.run(["go", "mod", "tidy"], cwd=directory, env=go_env(),
+                              capture_output=True, text=True)
+        if tidy.returncode == 0:
+            return [f"{m} {wanted} is not served by the Go module proxy: built with {v}"
+                    for m, v in sorted(substitutes.items())]
+        refused = sorted(set(_UNSERVED.findall(tidy.stderr)) - set(substitutes))
+        for module in refused:
+            substitute = nearest_served(module, wanted)
+            if substitute is None:
+                raise GoModError(f"k8s.io/kubernetes {version} needs {module} {wanted}, which the "
+                                 "Go module proxy does not serve, nor an earlier patch of it")
+            substitutes[module] = substitute
+        if not refused:
+            break
+    raise GoModError(f"go mod tidy for k8s.io/kubernetes {version} failed:\n"
+                     f"{_without_downloads(tidy.stderr)}")
+
+
+def _without_downloads(stderr: str) -> str:
+    return "\n".join(line for line in stderr.strip().splitlines()
+                     if not line.startswith("go: downloading "))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not RELEASE.fullmatch(argv[0]):
+        print("usage: python -m tests.controlplane.gen_gomod v1.MINOR.PATCH DIRECTORY",
+              file=sys.stderr)
+        return 2
+    try:
+        for note in write_module(argv[0], Path(argv[1])):
+            print(f"gen_gomod: {note}", file=sys.stderr)
+    except GoModError as error:
+        print(f"gen_gomod: {error}", file=sys.stderr)
+        return 1
+    print(Path(argv[1]) / "go.mod")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(sys.argv[1:]))

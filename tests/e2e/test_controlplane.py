@@ -11,10 +11,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
 
+from tests.controlplane import versions
 from tests.controlplane.launcher import LocalControlPlane, remove_abandoned_workdirs, wait_for
 
 KSP = "/apis/security.kubearmor.com/v1/namespaces/{ns}/kubearmorpolicies"
@@ -43,11 +45,18 @@ def nimbus_policy(name: str) -> dict[str, Any]:
 
 
 def test_version_is_stamped(control_plane: LocalControlPlane) -> None:
+    """The control plane is the release asked for ($KUBERNETES_VERSION, else the newest
+    supported), and says so as a release build does."""
+    if control_plane.assets.versions is None:
+        pytest.skip("binaries from KUBEBUILDER_ASSETS: their version is theirs")
+    wanted = versions.requested()
+    assert control_plane.assets.versions.kubernetes == wanted
     out = subprocess.run([str(control_plane.assets.binary("kube-apiserver")), "--version"],
                          capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "Kubernetes v1.35.4"
+    assert out.strip() == f"Kubernetes {wanted}"
     with control_plane.client() as client:
-        assert client.get("/version").json()["gitVersion"] == "v1.35.4"
+        served = client.get("/version").json()
+    assert (served["gitVersion"], served["minor"]) == (wanted, wanted.split(".")[1])
 
 
 def test_crd_schema_is_enforced(control_plane: LocalControlPlane, namespace: str) -> None:
@@ -138,6 +147,50 @@ def test_watch_from_compacted_resource_version_is_gone(control_plane: LocalContr
         assert status == 200 and first is not None
         assert first["type"] == "ERROR", first
         assert first["object"]["code"] == 410, first
+
+
+async def test_a_reflectors_watch_sees_later_changes(control_plane: LocalControlPlane,
+                                                     namespace: str) -> None:
+    """reflector.py: from the LIST's resourceVersion, with bookmarks."""
+    await _watch_sees_a_later_change(control_plane, namespace, start="list", bookmarks=True)
+
+
+async def test_the_lease_watch_sees_later_changes(control_plane: LocalControlPlane,
+                                                  namespace: str) -> None:
+    """leaderelection.py: from now (resourceVersion ""), without bookmarks. Not asked, and not
+    done: the same with bookmarks, which kube-apiserver v1.37.2 leaves silent after its first
+    BOOKMARK (v1.30 to v1.35 go on with the changes)."""
+    await _watch_sees_a_later_change(control_plane, namespace, start="", bookmarks=False)
+
+
+async def _watch_sees_a_later_change(control_plane: LocalControlPlane, namespace: str,
+                                     start: str, bookmarks: bool) -> None:
+    """What every supported release must do for a kind of watch the reconciler opens."""
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    async with control_plane.async_client() as client:
+        (await client.post(leases, json={"metadata": {"name": "l"},
+                                         "spec": {"holderIdentity": "a"}})).raise_for_status()
+        listed = (await client.get(leases)).json()["metadata"]["resourceVersion"]
+        params = {"watch": "true", "timeoutSeconds": "10", "fieldSelector": "metadata.name=l",
+                  "resourceVersion": listed if start == "list" else start}
+        if bookmarks:
+            params["allowWatchBookmarks"] = "true"
+        async with client.stream("GET", leases, params=params,
+                                 timeout=httpx.Timeout(15)) as stream:
+            assert stream.status_code == 200
+            events = stream.aiter_lines()
+            if start == "":
+                first = json.loads(await anext(events))  # the current state first
+                assert (first["type"], first["object"]["spec"]["holderIdentity"]) == ("ADDED", "a")
+            lease = (await client.get(f"{leases}/l")).json()
+            lease["spec"]["holderIdentity"] = "b"
+            (await client.put(f"{leases}/l", json=lease)).raise_for_status()
+            with anyio.fail_after(5):
+                async for line in events:
+                    event = json.loads(line)
+                    if event["type"] == "MODIFIED":
+                        assert event["object"]["spec"]["holderIdentity"] == "b"
+                        break
 
 
 def test_audit_log_records_writes(control_plane: LocalControlPlane, namespace: str) -> None:
