@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .limits import RulesCut, rules_to_read
+from .limits import RulesCut, SelectorTooLarge, rules_to_read, selector_too_large
 from .names import MANAGED_BY_KEY, MANAGED_BY_VALUE, NIMBUS_GROUP
 
 Obj = dict[str, Any]
@@ -158,6 +158,8 @@ class CachedNimbusPolicy:
     deleting: bool
     spec_json: str
     rules_cut: RulesCut | None  # the spec's rules past the first rules_cut.read are not kept
+    # the spec's selector is too large to read, and not kept (spec_json has none)
+    selector_too_large: SelectorTooLarge | None
     # What the status held, exactly enough for a JSON patch to test it: whether there was a
     # status at all, and whether it listed adapterPolicies (absent and [] differ to a `test`).
     has_status: bool
@@ -195,11 +197,15 @@ class CachedNimbusPolicy:
             generation = int(metadata.get("generation") or 0)
         except (TypeError, ValueError):
             generation = 0
-        spec, cut = obj.get("spec"), None
+        spec, cut, too_large = obj.get("spec"), None, None
         if isinstance(spec, dict) and isinstance(spec.get("rules"), list):
             cut = rules_to_read(spec["rules"])
             if cut is not None:
                 spec = {**spec, "rules": spec["rules"][:cut.read]}
+        if isinstance(spec, dict) and "selector" in spec:
+            too_large = selector_too_large(spec["selector"])
+            if too_large is not None:
+                spec = {k: v for k, v in spec.items() if k != "selector"}
         return cls(
             namespace=sys.intern(str(metadata.get("namespace") or "")),
             name=str(metadata.get("name") or ""), uid=str(metadata.get("uid") or ""),
@@ -209,6 +215,7 @@ class CachedNimbusPolicy:
             controller=_owner_refs_of(metadata)[0],
             deleting=bool(metadata.get("deletionTimestamp")),
             spec_json=json.dumps(spec, separators=(",", ":")), rules_cut=cut,
+            selector_too_large=too_large,
             has_status=has_status,
             status=str(status.get("status") or ""),
             lists_adapter_policies=isinstance(listed, list),

@@ -412,7 +412,8 @@ class Controller:
         outcome.errors.append(error)
         if error.stale:  # made on an outdated read: retried on a newer one, nothing to report
             self.metrics.write_conflicts.labels(_conflict_resource(resource)).inc()
-        elif error.status in (403, 422):  # refused, not failed: say so where the user looks
+        elif error.status in (403, 422) or error.too_large:
+            # refused, not failed: say so where the user looks
             outcome.problems.append(Problem(
                 ProblemKind.WRITE_REFUSED, outcome.key, "spec.rules",
                 f"{verb} of {resource} was refused by the API server: {error}",

@@ -127,8 +127,9 @@ def diff_policies(desired: Mapping[str, Fingerprint], owned: Sequence[CachedPoli
             update.append(PolicyUpdate(name, actual, fields))
         else:
             unchanged.append(name)
-    return PolicyDiff(tuple(create), tuple(update), tuple(remaining.values()), tuple(unchanged),
-                      tuple(conflicts))
+    # one being deleted already (a finalizer holds it) is not deleted again at every reconcile
+    stale = tuple(policy for policy in remaining.values() if not policy.deleting)
+    return PolicyDiff(tuple(create), tuple(update), stale, tuple(unchanged), tuple(conflicts))
 
 
 def _escape(key: str) -> str:

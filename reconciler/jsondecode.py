@@ -11,6 +11,14 @@ probes and the Lease renewal go on meanwhile. Nearly every body is small, and de
 with `json.loads`; only one over COUNTED_BYTES, or with more values than INLINE_VALUES (estimated
 from its separators: a page of 250 KubeArmorPolicies has about 45,000), goes to a thread.
 
+One such decode runs at a time (per event loop); the others wait their turn, not in threads of
+their own. The decodes take the GIL in turns whatever their number, so this costs no time, but
+each thread that wants the GIL makes the loop wait longer for it: with 4 decoding at once the
+loop went 190-320 ms without a wake-up here, with 16 at once 1.7-1.9 s and with 40 (anyio's
+thread limit) 5.4 s, against 40 ms and 110-180 ms one at a time (load 6-7 on 2 cores). Four
+workers' status answers at once, or the watches of many namespaces each bringing a large
+NimbusPolicy, would otherwise hold the Lease renewal up.
+
 The cyclic garbage collector is held off while such a body is decoded. Building 100,000 objects
 that all stay alive until the decode ends would otherwise move them, a few thousand at a time,
 into the oldest generation, and each time a quarter more has arrived there a full collection
@@ -38,6 +46,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio.lowlevel
 import anyio.to_thread
 
 INLINE_BYTES = 64 * 1024  # below this, not even counted: at most a few ms
@@ -45,6 +54,21 @@ INLINE_VALUES = 64_000  # ~20 ms of json.loads at worst here
 COUNTED_BYTES = 1024 * 1024  # above this, large without counting (5 ms a pass at 8 MB)
 TEXT_CHUNK = 1024 * 1024  # bytes made text at a time, each a short hold of the GIL
 BATCH_CHARS = 64 * 1024  # of a large LIST answer's items, decoded at a time
+
+
+# The one decode at a time of an event loop (see above).
+_decoder: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("decoder")
+
+
+async def in_decoder_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """function(*args) in a worker thread, when no other large decode of this event loop runs
+    (waiting for its turn meanwhile)."""
+    try:
+        limiter = _decoder.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _decoder.set(limiter)
+    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
 
 def values(data: str | bytes) -> int:
@@ -116,7 +140,7 @@ async def loads(data: str | bytes) -> Any:
     """json.loads(data), in a worker thread when it is large (see above)."""
     if not _large(data):
         return json.loads(data)
-    return await anyio.to_thread.run_sync(lambda: decode_in_python(_text(data)))
+    return await in_decoder_thread(lambda: decode_in_python(_text(data)))
 
 
 # --- LIST answers --------------------------------------------------------------------------------
@@ -215,7 +239,7 @@ class ListItems:
         elements = _elements(self._text, self._start, _PythonDecoder().raw_decode)
         begin, done = self._start, False
         while not done:
-            batch, begin, done = await anyio.to_thread.run_sync(_batch, elements, begin)
+            batch, begin, done = await in_decoder_thread(_batch, elements, begin)
             batch.reverse()
             while batch:
                 yield batch.pop()  # let go of as soon as the reader asks for the next
@@ -242,7 +266,7 @@ async def loads_list(data: bytes) -> dict[str, Any]:
     that way; any other is decoded whole."""
     if not _large(data):
         return json.loads(data)  # type: ignore[no-any-return]
-    text = await anyio.to_thread.run_sync(_text, data)
+    text = await in_decoder_thread(_text, data)
     page: dict[str, Any] = {}
     try:
         start, found = _members(text, _expect(text, _skip(text, 0), "{"), page,

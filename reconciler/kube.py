@@ -144,10 +144,21 @@ class ApiError(Exception):
                                        or "because it is being terminated" in self.message)
 
     @property
+    def too_large(self) -> bool:
+        """Refused for its size: the object would be past etcd's request limit (1.5 MiB by
+        default; kube-apiserver answers 500 "etcdserver: request is too large", measured on
+        v1.35: a status written to a NimbusPolicy at the size limit), or the request body past
+        the API server's own (413). Nothing was written, and the same request meets the same
+        answer until the object shrinks."""
+        return self.status == 413 or (self.status == 500
+                                      and "etcdserver: request is too large" in self.message)
+
+    @property
     def transient(self) -> bool:
         """The connection or the server's load failed, not the request: the same request may
-        well succeed later (refused, reset, timed out, 429, 5xx)."""
-        return self.status == 0 or self.status == 429 or self.status >= 500
+        well succeed later (refused, reset, timed out, 429, 5xx but a refusal for size)."""
+        return (self.status == 0 or self.status == 429 or self.status >= 500) \
+            and not self.too_large
 
 
 def _retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
@@ -245,9 +256,9 @@ def may_have_landed(error: ApiError) -> bool:
     while the handler, and so the write to etcd, carries on; 500 when something failed after
     etcd committed (an etcd timeout whose commit went through after all); a proxy or load
     balancer between us answers 502, 503 or 504 when it lost or gave up on an upstream that
-    had the request. A 4xx (429 included: refused before any handler ran) is the server's
-    decision not to apply it."""
-    return error.status == 0 or error.status >= 500
+    had the request. A 4xx (429 included: refused before any handler ran), and a refusal for
+    the object's size (etcd refused to store it), are decisions not to apply it."""
+    return (error.status == 0 or error.status >= 500) and not error.too_large
 
 
 class KubeClient:

@@ -13,7 +13,7 @@ from typing import Any
 
 import cattrs
 
-from .limits import RulesCut, clipped, rules_to_read
+from .limits import RulesCut, SelectorTooLarge, clipped, rules_to_read, selector_too_large
 from .model import (
     LabelSelector,
     NimbusPolicy,
@@ -52,9 +52,11 @@ def _structure(cls: type[Any], data: Any, policy: str, field: str, index: int | 
 
 
 def parse_nimbus_policy(data: Any, default_namespace: str = "default",
-                        cut: RulesCut | None = None
+                        cut: RulesCut | None = None,
+                        unread_selector: SelectorTooLarge | None = None
                         ) -> tuple[NimbusPolicy | None, tuple[Problem, ...]]:
-    """`cut`: where a reader before this one (the cache) stopped reading the rules of `data`."""
+    """`cut`: where a reader before this one (the cache) stopped reading the rules of `data`;
+    `unread_selector`: that reader did not read its selector, too large (nor left it in `data`)."""
     if not isinstance(data, Mapping):
         return None, (_malformed("?", "(document)", f"expected an object, got {type(data).__name__}"),)
     raw_meta = data.get("metadata")
@@ -70,7 +72,12 @@ def parse_nimbus_policy(data: Any, default_namespace: str = "default",
     if not isinstance(spec, Mapping):
         problems.append(_malformed(key, "spec", "required object missing"))
         return None, tuple(problems)
-    if "selector" not in spec:
+    unread_selector = unread_selector or (selector_too_large(spec["selector"])
+                                          if "selector" in spec else None)
+    if unread_selector is not None:  # not applied: the selector is dropped, nothing built
+        problems.append(unread_selector.problem(key))
+        spec = {k: v for k, v in spec.items() if k != "selector"}
+    elif "selector" not in spec:
         problems.append(_malformed(key, "spec.selector", "required field missing (an empty "
                                    "selector `{}` selects every workload in the namespace)"))
     raw_selector = spec.get("selector")

@@ -39,7 +39,8 @@ class Desired:
 
 def _build(nimbus_policy: CachedNimbusPolicy
            ) -> tuple[tuple[KubeArmorPolicy, ...], tuple[Problem, ...]]:
-    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json(), cut=nimbus_policy.rules_cut)
+    parsed, problems = parse_nimbus_policy(nimbus_policy.as_json(), cut=nimbus_policy.rules_cut,
+                                           unread_selector=nimbus_policy.selector_too_large)
     if parsed is None:
         return (), problems
     policies, build_problems = desired_policies(parsed)

@@ -357,7 +357,10 @@ async def test_a_write_left_without_an_answer_may_still_land(
     (Lost(Status(503, message="upstream connect error or disconnect/reset before headers")), True),
     (Status(429, retry_after=1), False),  # refused before any handler ran
     (Status(403, message="denied by an admission policy"), False),
-], ids=["504", "500", "503", "429", "403"])
+    # etcd refusing an object past its request limit (as kube-apiserver v1.35 words it): stored
+    # nowhere (this proxy does not pass it on either)
+    (Status(500, "", "etcdserver: request is too large"), False),
+], ids=["504", "500", "503", "429", "403", "500-too-large"])
 @pytest.mark.anyio  # at collection, for the anyio plugin to parametrize its backend with these
 async def test_a_write_answered_5xx_may_have_landed(
         namespace: str, control_plane: LocalControlPlane, proxy: FaultProxy,
@@ -381,6 +384,33 @@ async def test_a_write_answered_5xx_may_have_landed(
     assert client.writes_may_still_land() is may_have_landed
     async with control_plane.async_client() as admin:
         assert await has_policies(admin, namespace, "answered") is may_have_landed
+
+
+async def test_a_status_too_large_to_store_is_reported_as_refused(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """A NimbusPolicy at the size limit has no room for the status we write: kube-apiserver
+    answers our status patch 500 "etcdserver: request is too large" (measured on v1.35 with
+    one of 32,085 rules, 1,572,683 bytes; the proxy answers so here rather than a test making
+    one, which takes a search for the size at each release). It is a refusal, not a failure
+    that may have landed: a WriteRefused Event says it where the user looks, and the Lease
+    would be released at shutdown. Before, it was retried with nothing said but warnings in
+    the log, and counted as a write that may still land."""
+    proxy.add(Rule(Status(500, "", "etcdserver: request is too large"), kind="write",
+                   method="PATCH", path=r"/nimbuspolicies/big/status"))
+    async with through(proxy, control_plane, namespace) as running:
+        big = await create_nimbus_policy(api, namespace, "big", [rule("dnsManipulation")])
+
+        async def refused_event() -> dict[str, Any] | None:
+            response = await api.get(f"/api/v1/namespaces/{namespace}/events")
+            return next((e for e in response.json()["items"]
+                         if e["involvedObject"]["uid"] == big["metadata"]["uid"]
+                         and e["reason"] == "WriteRefused"), None)
+        event = await eventually(refused_event, what="a WriteRefused Event")
+        assert "nimbuspolicies/status" in event["message"]
+        assert "request is too large" in event["message"]
+        assert running.controller is not None
+        assert not running.controller.client.writes_may_still_land()
 
 
 async def test_a_repair_that_meets_a_newer_version_is_refused_then_made_on_it(

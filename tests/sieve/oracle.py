@@ -8,7 +8,12 @@ reference run's end and with the pure builder (tests/soak.py's `differences`):
 - nothing of a user's touched (their policies keep the resourceVersion they gave them);
 - no write once quiet: nothing written for a few seconds after all that holds;
 - no DELETE of an object already deleted by one of our DELETEs whose answer we got (a stale
-  view acted on after a newer one: issue 17's defect 2).
+  view acted on after a newer one: issue 17's defect 2);
+- the reconciler's caches (in-loop runs) hold what the API server holds, each object at its
+  resourceVersion, and no tombstone: a phantom or a stale entry the workload happens not to act
+  on is still a wrong view (issue 17's defect 1 left a policy deleted meanwhile in the cache).
+  Not after a `drop` point: a real API server never skips an event on a watch, so a cache that
+  missed one (an object changed or created once, never again) is that point's artefact.
 """
 
 from __future__ import annotations
@@ -107,6 +112,26 @@ class Cluster:
             tuple(sorted((e["involvedObject"]["name"], e["reason"], e["message"])
                          for e in self.events
                          if (e.get("source") or {}).get("component") == COMPONENT)))
+
+    def cache_differences(self, nimbus_policies: Any, kubearmor_policies: Any) -> list[str]:
+        """How the reconciler's stores differ from these objects: (uid, resourceVersion) by
+        key, and the tombstones they still keep."""
+        found = []
+        for resource, store, objects in (("NimbusPolicy", nimbus_policies, self.nimbus_policies),
+                                         ("KubeArmorPolicy", kubearmor_policies,
+                                          self.kubearmor_policies)):
+            server = {f"{o['metadata']['namespace']}/{o['metadata']['name']}":
+                      (o["metadata"]["uid"], o["metadata"]["resourceVersion"]) for o in objects}
+            cached = {key: (value.uid, value.resource_version)
+                      for key in store.list_keys() if (value := store.get(key)) is not None}
+            for key in sorted(set(server) | set(cached)):
+                if server.get(key) != cached.get(key):
+                    found.append(f"the cache holds {resource} {key} as {cached.get(key)}, the "
+                                 f"API server as {server.get(key)}")
+            if store.tombstones:
+                found.append(f"the {resource} cache keeps {store.tombstones} tombstones with "
+                             "every event delivered")
+        return found
 
     def touched(self, users: dict[str, str]) -> list[str]:
         """The user's policies that are gone or not at the version the user gave them."""

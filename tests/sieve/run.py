@@ -125,6 +125,11 @@ class InLoop:
             not controller.queue.processing and not controller.queue.delayed and \
             not controller.readiness()
 
+    def cache_differences(self, cluster: Cluster) -> list[str]:
+        controller = self.running.controller
+        assert controller is not None
+        return cluster.cache_differences(controller.nimbus_policies, controller.kubearmor_policies)
+
     def failures(self) -> list[str]:
         task = self.running._task
         if task is not None and task.done() and not task.cancelled() and task.exception():
@@ -182,6 +187,9 @@ class AsProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await asyncio.to_thread(self.process.kill_if_running)
+
+    def cache_differences(self, cluster: Cluster) -> list[str]:
+        return []  # a process's caches cannot be read
 
     def failures(self) -> list[str]:
         return list(self._exits)
@@ -293,6 +301,16 @@ async def _run(api: httpx.AsyncClient, proxy: FaultProxy, namespace: str,
         cluster = await Cluster.read(api, namespace)
         problems += [f"not as the builder says: {d}" for d in cluster.differences()]
         problems += cluster.touched(workload.users)
+        if perturbing is None or perturbing.point.kind != "drop":
+            # the watch brings the last events within moments of the quiet
+            wrong: list[str] = []
+
+            async def cache_as_server() -> bool:
+                nonlocal wrong
+                wrong = reconciler.cache_differences(await Cluster.read(api, namespace))
+                return not wrong
+            if not await _within(settings.hold_limit, cache_as_server):
+                problems += wrong
         finished = True
     except Unsettled as failure:
         problems.append(str(failure))

@@ -128,6 +128,18 @@ def test_diff_create_update_delete_unchanged() -> None:
                                       "np-escapetohost-swdeploymenttools"]
 
 
+def test_a_policy_being_deleted_is_not_deleted_again() -> None:
+    """Our DELETE of a policy a finalizer holds is answered with the policy, deletionTimestamp
+    set; until the finalizer goes it stays, and each reconcile of its NimbusPolicy sent another
+    DELETE (a write, logged as a deletion) for as long as it did."""
+    terminating = stored(desired(["pkgMgrs"])[0])
+    terminating["metadata"] |= {"deletionTimestamp": "2026-01-01T00:00:00Z",
+                                "finalizers": ["example.com/hold"]}
+    diff = diff_policies(fingerprints(render(desired(["dnsManipulation"]))),
+                         [cached(terminating)], lambda name: None)
+    assert diff.delete == () and list(diff.create) == ["np-dnsmanipulation"]
+
+
 def test_repair_patch_restores_only_our_fields() -> None:
     (policy,) = desired(["dnsManipulation"])
     actual = stored(policy, rv="41")

@@ -89,6 +89,45 @@ async def test_no_collection_runs_while_a_large_body_is_decoded() -> None:
     assert [c["generation"] for c in during] in ([], [0]), during
 
 
+class CountingPause(jsondecode._CollectorPause):
+    """The collector pause, counting the decodes under way in threads at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.most = 0
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        with self._lock:
+            self.most = max(self.most, self._decoding)
+
+
+async def test_large_bodies_are_decoded_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each thread that wants the GIL makes the loop wait longer for it: decodes in as many
+    threads at once as there are large answers (four workers' status answers, the watches of
+    many namespaces) kept the loop from running for seconds. They take their turns, and a large
+    LIST answer's batches take theirs among them."""
+    pause = CountingPause()
+    monkeypatch.setattr(jsondecode, "_collector_pause", pause)
+    big = at_the_size_limit().encode()
+    page = list_page([rules(3_000, f"big-{i}") for i in range(4)]).encode()
+    results: list[Any] = []
+
+    async def decode() -> None:
+        results.append(await loads(big))
+
+    async def read_list() -> None:
+        listed = await loads_list(page)
+        results.append([item async for item in one_at_a_time(listed["items"])])
+
+    async with anyio.create_task_group() as decodes:
+        for _ in range(5):
+            decodes.start_soon(decode)
+        decodes.start_soon(read_list)
+    assert len(results) == 6 and all(results)
+    assert pause.most == 1, f"{pause.most} large decodes ran at once"
+
+
 def test_the_collector_pause_nests_across_threads_and_keeps_it_off_if_it_was() -> None:
     pause = jsondecode._CollectorPause()
     inside, release = threading.Event(), threading.Event()

@@ -4,7 +4,10 @@ count, and what is kept of it stays small whatever its size."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from reconciler.cached import CachedNimbusPolicy
 from reconciler.limits import (
@@ -12,7 +15,10 @@ from reconciler.limits import (
     MAX_PROBLEMS,
     MAX_QUOTED,
     MAX_RULES,
+    MAX_RULES_SIZE,
+    MAX_SELECTOR_SIZE,
     RulesCut,
+    json_size,
     kept_problems,
     rules_to_read,
 )
@@ -100,7 +106,7 @@ def test_problems_kept_are_capped_with_one_counting_the_rest() -> None:
 
 
 def test_values_quoted_in_problems_are_cut_short() -> None:
-    huge = "x" * 1_000_000
+    huge = "x" * 2_000  # past MAX_QUOTED, within the rules read (MAX_RULES_SIZE)
     rules = [{"id": huge, "rule": {"action": "Block"}},  # unknown intent
              {"id": "swDeploymentTools", "rule": {"action": huge}},  # unknown action
              rule("escapeToHost", **{huge: ["a"]}, exclude_caps=[huge]),  # bad param and value
@@ -114,3 +120,54 @@ def test_values_quoted_in_problems_are_cut_short() -> None:
         assert len(problem.rule_id or "") <= MAX_QUOTED, problem
     for problem in desired.problems[1:]:
         assert f"{'x' * (MAX_QUOTED - 2)}…" in problem.message + problem.field
+
+
+def test_json_size_looks_at_no_more_than_its_budget() -> None:
+    value = {"a": ["bc", 1, None, {"d": True}]}
+    compact = len(json.dumps(value, separators=(",", ":")))
+    assert compact <= json_size(value, 1000) <= 2 * compact  # about, never under
+    huge = {"labels": {f"k{i}": "v" for i in range(100_000)}}
+    assert 100 < json_size(huge, 100) < 200  # stopped soon after 100
+    assert json_size(["x" * 1_000_000], 10) > 10
+
+
+# NimbusPolicies at the size limit whose bytes are not in the number of rules: one rule's
+# description, one param value, one rule id, a selector of many labels or of one long value.
+# Each is read up to the limits, says so, and what is kept of it is small.
+SHAPES = {
+    "description": (document([{"id": "dnsManipulation", "description": "d" * 1_400_000,
+                               "rule": {"action": "Block"}}]), "spec.rules"),
+    "param value": (document([rule("escapeToHost", exclude_caps=["x" * 1_400_000])]),
+                    "spec.rules"),
+    "rule id": (document([rule("dnsManipulation"), rule("i" * 1_400_000)]), "spec.rules"),
+    "selector labels": ({**document([rule("dnsManipulation")]), "spec": {
+        "selector": {"matchLabels": {f"k{i:05d}": f"value-{i:05d}" for i in range(60_000)}},
+        "rules": [rule("dnsManipulation")]}}, "spec.selector"),
+    "selector value": ({**document([rule("dnsManipulation")]), "spec": {
+        "selector": {"matchLabels": {"app": "v" * 1_400_000}},
+        "rules": [rule("dnsManipulation")]}}, "spec.selector"),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_nimbus_policy_at_the_size_limit_of_any_shape_keeps_little(shape: str) -> None:
+    obj, field = SHAPES[shape]
+    assert len(json.dumps(obj)) > 1_300_000
+    cached = CachedNimbusPolicy.from_json(obj)
+    assert len(cached.spec_json) < MAX_RULES_SIZE + MAX_SELECTOR_SIZE, \
+        f"{len(cached.spec_json)} bytes of its spec kept"
+    desired, rendered = build_desired(cached)
+    too_large = [p for p in desired.problems if p.kind is ProblemKind.TOO_LARGE]
+    assert [p.field for p in too_large] == [field], desired.problems
+    assert all(len(p.message) < 300 for p in desired.problems)
+    if field == "spec.selector":
+        # a selector cut short would select other workloads: nothing of it applies
+        assert rendered == {} and "60000 labels" in too_large[0].message \
+            if shape == "selector labels" else rendered == {}
+        parsed, problems = parse_nimbus_policy(obj)  # render (no cluster) reads it alike
+        assert parsed is None and problems[0] == too_large[0]
+    elif shape == "rule id":
+        assert list(rendered) == ["big-dnsmanipulation"]  # the rule before it applies
+        assert too_large[0].message.startswith("2 rules; only the first 1 are read")
+    else:
+        assert rendered == {}
