@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
+# kube-apiserver's whole message when a JSON patch does not apply to the object (apimachinery's
+# generic words for a 422): what tells a failed `test` from a webhook's 422 without details.
+PATCH_NOT_APPLIED = "the server rejected our request due to an error in our request"
 
 
 @attrs.frozen
@@ -113,11 +116,12 @@ class ApiError(Exception):
     def patch_test_failed(self) -> bool:
         """A JSON patch that did not apply to the object as it now is: one of its `test`
         operations did not hold (or a path it names is gone). The API server answers that with
-        422 Invalid, its generic message and empty details (the patch library's words are
-        dropped); a refusal by the schema or an admission policy is also 422 Invalid but
-        names the object and the causes."""
+        422 Invalid, empty details and its generic words for a 422 (the patch library's are
+        dropped). Other refusals are 422 Invalid too: the schema's and an admission policy's
+        name the object and the causes; an admission webhook's may have no details at all, but
+        say which webhook denied the request. Only the first is retried on a fresh read."""
         return self.status == 422 and self.reason == "Invalid" and not self.causes \
-            and not self.object_named
+            and not self.object_named and self.message == PATCH_NOT_APPLIED
 
     @property
     def stale(self) -> bool:

@@ -96,6 +96,23 @@ async def test_a_failed_json_patch_test_is_told_from_a_refusal(
     assert admission.causes == ("",) and not admission.stale
 
 
+async def test_a_webhooks_422_without_details_is_a_refusal_not_a_failed_test(
+        kube: tuple[KubeClient, respx.MockRouter]) -> None:
+    """A validating webhook's denial as kube-apiserver v1.35 passes it on (its code, reason and
+    message; no details at all): the same status and reason as a failed `test`, and no details
+    either. Retrying it on a fresh read would be three refused writes and two reads a
+    reconcile, counted as conflicts and never reported as a refusal."""
+    webhook = await refused(kube, httpx.Response(422, json=status(
+        422, "Invalid", 'admission webhook "deny.example.com" denied the request: status '
+        "writes are frozen")))
+    assert not webhook.patch_test_failed and not webhook.stale and not webhook.transient
+    # the same words without the API server's own shape are not a failed test either
+    told = await refused(kube, httpx.Response(422, json=status(
+        422, "Invalid", "the server rejected our request due to an error in our request",
+        name="np", kind="nimbuspolicies")))
+    assert not told.stale
+
+
 async def test_conflicts_and_other_409s(kube: tuple[KubeClient, respx.MockRouter]) -> None:
     conflict = await refused(kube, httpx.Response(409, json=status(
         409, "Conflict", "the object has been modified", name="np", kind="nimbuspolicies")))
