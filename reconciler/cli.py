@@ -157,19 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output needs --once (the controller logs, it prints no summary)")
     if args.once and args.leader_elect:
         parser.error("--leader-elect does not go with --once")
+    if args.once:  # from here on, it ends with its summary whenever a signal comes
+        from .heldsignals import HeldSignals
+        held = HeldSignals()
+        held.hold()
     from . import logs
     logs.setup(args.log_level, args.log_format)
     namespaces = tuple(dict.fromkeys(args.namespaces))
     if args.once:
-        try:
-            from . import once
-        except KeyboardInterrupt:  # while loading (kr8s takes half a second)
-            from . import summary
-            return summary.write(summary.Report(dry_run=args.dry_run, interrupted="SIGINT"),
-                                 args.output, sys.stdout)
+        from . import once
         return once.main(once.OnceOptions(kubeconfig=args.kubeconfig, namespaces=namespaces,
                                           workers=args.workers, dry_run=args.dry_run,
-                                          output=args.output))
+                                          output=args.output), held)
     return _run_controller(parser, args, namespaces)
 
 

@@ -13,7 +13,9 @@ In this order:
 
 SIGINT or SIGTERM while connecting or listing stops at once (nothing was written yet); while
 reconciling, no further NimbusPolicy is started and the ones under way get `grace` seconds to
-finish (a second signal cuts them short), so the summary says what was written.
+finish (a second signal cuts them short), so the summary says what was written. One that came
+before the run listened (while loading) stops it as it starts; one after (while the summary is
+written) changes nothing (heldsignals.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import attrs
 
 from . import summary
 from .app import connect
+from .heldsignals import HeldSignals
 from .kube import ApiError, KubeClient, Resource, api_error
 from .objdiff import PatchError, file_name, merged, unified_diff
 from .progress import Progress, listing_line, reconciled_line
@@ -61,9 +64,12 @@ def describe(error: BaseException) -> str:
 
 
 class OneShot:
-    def __init__(self, options: OnceOptions, progress: Progress) -> None:
+    def __init__(self, options: OnceOptions, progress: Progress,
+                 held: HeldSignals | None = None) -> None:
         self.options = options
         self.progress = progress
+        # Signals that come while the run does not listen (before it starts, after it ends)
+        self.held = held or HeldSignals()
         self.phase = "connecting"  # then "listing", "reconciling", "done"
         self.controller: Controller | None = None
         self.outcomes: list[Outcome] = []
@@ -79,21 +85,36 @@ class OneShot:
 
     async def run(self) -> summary.Report:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            self.interrupted = self.held.first  # one came while loading: stop as it starts
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._on_signals, signals)
                 if self.progress.enabled:
                     tasks.start_soon(self._draw_progress)
                 with anyio.CancelScope() as self._scope:
-                    await self._sync()
+                    if self.interrupted is None:
+                        await self._sync_or_say_why()
                 tasks.cancel_scope.cancel()
             # still receiving signals (and ignoring them): the report is not cut short
             self.progress.clear()
             self.outcomes.sort(key=lambda o: o.key)
-            return summary.Report(
+            report = summary.Report(
                 dry_run=self.options.dry_run, outcomes=tuple(self.outcomes), listed=self.listed,
                 error=self.error, interrupted=self.interrupted,
                 cancelled=tuple(sorted(self.cancelled)),
                 diffs=tuple(self._diffs()) if self.options.dry_run else ())
+        # The receiver gave them back to Python's defaults: ignored until the process has ended
+        self.held.ignore()
+        return report
+
+    async def _sync_or_say_why(self) -> None:
+        """_sync, and a failure it did not foresee (a bug, or an OS error) said in the summary
+        as why it could not run, its traceback in the log at debug."""
+        try:
+            await self._sync()
+        except Exception as error:
+            log.error("could not run", exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra={"error": repr(error)})
+            self.error = describe(error)
 
     async def _sync(self) -> None:
         client = await self._connect()
@@ -142,8 +163,12 @@ class OneShot:
 
     async def _connect(self) -> KubeClient | None:
         for path in (self.options.kubeconfig or "").split(":"):
-            if path and not await (await anyio.Path(path).expanduser()).is_file():
-                self.error = f"kubeconfig {path}: no such file"
+            try:
+                found = not path or await (await anyio.Path(path).expanduser()).is_file()
+            except OSError as error:  # a name too long, a directory we may not search
+                found, self.error = False, f"kubeconfig {path}: {error.strerror or error}"
+            if not found:
+                self.error = self.error or f"kubeconfig {path}: no such file"
                 return None
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
@@ -224,17 +249,20 @@ class OneShot:
             await anyio.sleep(0.2)
 
 
-def main(options: OnceOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run it, print the summary on `out`, return the exit status."""
+def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO = sys.stdout,
+         err: TextIO = sys.stderr) -> int:
+    """Run it, print the summary on `out`, return the exit status. `held`: SIGINT and SIGTERM
+    as kept since the process knew it runs --once (a new hold if None)."""
+    if held is None:
+        held = HeldSignals()
+        held.hold()
     progress = Progress(err)
     handlers = logging.getLogger().handlers
     clear_first = progress.log_filter()
     for handler in handlers:
         handler.addFilter(clear_first)
     try:
-        report = anyio.run(OneShot(options, progress).run)
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        report = summary.Report(dry_run=options.dry_run, interrupted="SIGINT")
+        report = anyio.run(OneShot(options, progress, held).run)
     finally:
         for handler in handlers:
             handler.removeFilter(clear_first)

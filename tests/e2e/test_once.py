@@ -157,8 +157,10 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
     garbage.write_text("{{{ not yaml")
     unreachable = control_plane.identity_kubeconfig(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")  # nothing listens there
+    too_long = tmp_path / ("k" * 300)  # a name over 255 bytes: the check itself fails
     cases = {
         tmp_path / "missing": f"kubeconfig {tmp_path / 'missing'}: no such file",
+        too_long: f"kubeconfig {too_long}: File name too long",
         garbage: f"cannot load credentials ({garbage}): ParserError: while parsing",
         unreachable: "cannot reach the API server: ConnectError: ",
         reader: f"could not list kubearmorpolicies in {namespace}: 403 Forbidden: "
@@ -304,6 +306,29 @@ async def test_ctrl_c_ends_with_the_summary_of_what_was_done(
     assert doc["cancelled"] == [f"{namespace}/b"] and doc["counts"]["reconciled"] == 1
     assert "a write they sent may have been made" in doc["message"]
     held.release()
+
+
+async def test_a_signal_while_the_summary_is_written_cuts_nothing_short(
+        api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
+    """The run is over, its summary says how it ended: a SIGTERM now (a CI job cancelled as it
+    finishes) leaves the JSON whole and the exit status the one it states. (While loading:
+    tests/unit/test_once_signals.py.)"""
+    for name in ("a", "b", "c", "d", "e", "f"):  # each a diff of about 3 KB
+        await create_nimbus_policy(api, namespace, name, [rule("pkgMgrs")])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--once", "--dry-run", "-o", "json", "--kubeconfig",
+         str(reconciler_kubeconfig), "--namespace", namespace], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=REPO, pipesize=4096)
+    assert process.stdout is not None
+    # The first byte of the summary: the process is writing it, and with 4 KB of pipe and
+    # no reader it cannot finish before the signal has come.
+    first = os.read(process.stdout.fileno(), 1)
+    process.send_signal(signal.SIGTERM)
+    rest, err = process.communicate(timeout=30)
+    doc = json.loads(first + rest)
+    assert len(first + rest) > 16_000 and (doc["result"], doc["exitCode"]) == ("wouldChange", 1)
+    assert process.returncode == 1, err[-2000:]
+    assert b"Traceback" not in err
 
 
 def on_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, str, str]:
