@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0
+# A request the API server asks to send again later (a 429 with Retry-After, say) is, this many
+# times (client-go's REST client: 10): there is no work queue here to retry it later.
+THROTTLED_RETRIES = 10
 
 
 @attrs.frozen
@@ -172,7 +175,8 @@ class OneShot:
                 return None
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
-                return await connect(self.options.kubeconfig)
+                return await connect(self.options.kubeconfig,
+                                     throttled_retries=THROTTLED_RETRIES)
         except Exception as error:
             log.debug("could not connect", exc_info=True)
             if api_error(error) is not None or isinstance(error, TimeoutError):

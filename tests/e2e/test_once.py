@@ -208,6 +208,32 @@ async def test_a_failed_list_exits_4_with_the_status(
     assert await policy_names(api, namespace) == set()
 
 
+@pytest.mark.faults
+async def test_the_api_server_asking_to_come_back_later_is_waited_for(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """A 429 with Retry-After (API Priority and Fairness under load) is not a failure of the
+    run: the LIST and the write are sent again when the server said, as kubectl's would be;
+    only when it goes on asking does the run give up, after 10 more tries."""
+    await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+    lists = proxy.add(Rule(Status(429, retry_after=1), kind="list", path="/nimbuspolicies",
+                           times=1))
+    creates = proxy.add(Rule(Status(429, retry_after=1), kind="write", method="POST",
+                             path="/kubearmorpolicies", times=1))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert last_line(result) == "exit 0: converged" and (lists.hits, creates.hits) == (1, 1)
+    assert len(proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")) == 2
+    assert await policy_names(api, namespace) == {"web-dnsmanipulation"}
+    proxy.remove(lists)
+    # asked again and again: the summary says so, after the first try and 10 more
+    always = proxy.add(Rule(Status(429, retry_after=0), kind="list", path="/kubearmorpolicies"))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 4 and always.hits == 11, result.stdout + result.stderr
+    assert last_line(result).startswith(f"exit 4: could not run: could not list "
+                                        f"kubearmorpolicies in {namespace}: 429 TooManyRequests")
+
+
 async def test_a_namespace_being_deleted_fails_the_run(
         api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path,
         control_plane: LocalControlPlane) -> None:

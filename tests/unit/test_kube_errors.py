@@ -277,3 +277,30 @@ async def test_a_watch_refused_at_the_start(kube: tuple[KubeClient, respx.MockRo
             async for _ in events:
                 pass
     assert error.value.gone
+
+
+# --- sent again when the server says when (--once's client) ----------------------------------
+
+
+@pytest.mark.parametrize(("method", "code", "retry_after", "sent"), [
+    ("GET", 429, "0", 3), ("PATCH", 429, "0", 3),  # refused before any handler ran
+    ("GET", 503, "0", 3),  # a read: nothing to land twice
+    ("PATCH", 503, "0", 1),  # a write answered 5xx may have landed: not sent again
+    ("GET", 429, None, 1),  # the server did not say when: the caller's backoff decides
+])
+async def test_a_request_the_server_asks_to_send_again_later(
+        kube: tuple[KubeClient, respx.MockRouter], method: str, code: int,
+        retry_after: str | None, sent: int) -> None:
+    client, router = kube
+    client.throttled_retries = 2
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    route = router.route(method=method, url=NP_URL + ("/status" if method == "PATCH" else "")
+                         ).mock(return_value=httpx.Response(code, json=status(code, "x"),
+                                                            headers=headers))
+    with pytest.raises(ApiError) as raised:
+        if method == "PATCH":
+            await client.patch(NIMBUS_POLICIES, "ns", "np", [], JSON_PATCH, "test",
+                               subresource="status")
+        else:
+            await client.get(NIMBUS_POLICIES, "ns", "np")
+    assert raised.value.status == code and route.call_count == sent
