@@ -70,7 +70,8 @@ class _Parser(argparse.ArgumentParser):
 ONCE_EPILOG = """\
 --once exit status (the first that applies; --dry-run follows kubectl diff):
   130, 143  interrupted by SIGINT, SIGTERM (the summary says what was done)
-  4         could not run: bad flags, bad kubeconfig, API server unreachable, a LIST failed
+  4         could not run: bad flags, bad kubeconfig or credentials, API server
+            unreachable, a LIST failed
   3         a NimbusPolicy failed: a write refused or unanswered, its namespace being deleted
   1         --dry-run: something would change (the diff is printed)
   2         bad input reported in a NimbusPolicy (everything else converged)

@@ -192,6 +192,8 @@ def api_error(error: BaseException) -> ApiError | None:
     """The ApiError a kr8s or httpx exception stands for, or None if it is not an API failure."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, kr8s.ServerError) and error.response is not None:
+        return ApiError.from_response(error.response)  # kr8s's own first request (/version)
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
     if isinstance(error, httpx.TransportError | httpx.StreamError):

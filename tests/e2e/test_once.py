@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
@@ -148,6 +149,15 @@ def reader(control_plane: LocalControlPlane) -> Path:
     return control_plane.identity_kubeconfig(user)
 
 
+def with_token(kubeconfig: Path, path: Path, token: str = "not-a-token") -> Path:
+    """`kubeconfig` with a token no one issued instead of its user's credentials: read fine,
+    refused by the API server (401)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 async def test_exit_4_with_a_summary_when_it_cannot_run(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
         reconciler_kubeconfig: Path, reader: Path, tmp_path: Path) -> None:
@@ -158,11 +168,13 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
     unreachable = control_plane.identity_kubeconfig(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")  # nothing listens there
     too_long = tmp_path / ("k" * 300)  # a name over 255 bytes: the check itself fails
+    bad_token = with_token(reconciler_kubeconfig, tmp_path / "bad-token.kubeconfig")
     cases = {
         tmp_path / "missing": f"kubeconfig {tmp_path / 'missing'}: no such file",
         too_long: f"kubeconfig {too_long}: File name too long",
         garbage: f"cannot load credentials ({garbage}): ParserError: while parsing",
         unreachable: "cannot reach the API server: ConnectError: ",
+        bad_token: f"the API server refused the credentials ({bad_token}): 401 Unauthorized",
         reader: f"could not list kubearmorpolicies in {namespace}: 403 Forbidden: "
                 "kubearmorpolicies.security.kubearmor.com is forbidden",
     }
