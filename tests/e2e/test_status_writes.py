@@ -148,6 +148,28 @@ async def test_a_status_the_core_wrote_since_we_read_none_is_kept(
         "adapterPolicies": ["KubeArmorPolicy/bare-dnsmanipulation"]}
 
 
+async def test_a_nimbus_policy_made_again_since_our_read_gets_no_status_of_the_first(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics]) -> None:
+    """Deleted and made again under its name (the Nimbus core does so when a binding is
+    replaced) between our read and our status write: the policies we made belong to the first
+    one (the garbage collector takes them), so its successor's status must not list them."""
+    controller, _ = listed
+    first = await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await list_into(controller)  # no status: the patch would add the whole of it
+    (await api.delete(f"{nimbus_policies(namespace)}/np")).raise_for_status()
+    binding = (await api.get(f"/apis/intent.security.nimbus.com/v1alpha1/namespaces/{namespace}"
+                             "/securityintentbindings/np")).json()
+    second = await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")],
+                                        owner=binding)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    mark = len(control_plane.audit_events())
+    outcome = await controller.reconcile(f"{namespace}/np")
+    assert not outcome.failed and not outcome.status_written, outcome.errors
+    assert status_writes(control_plane, namespace, mark) == [422]  # refused, read, let be
+    assert await status_of(api, namespace, "np") == {}  # its own reconcile writes it
+
+
 def status_probe(namespace: str, name: str
                  ) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
     """A dry-run status write of NimbusPolicy `name` that the schema accepts (an orphan, say,
