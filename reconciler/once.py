@@ -141,7 +141,7 @@ class OneShot:
                 await reflector.list_once()
             except Exception as error:
                 self.error = f"could not list {reflector.resource.plural} in {reflector.scope}: " \
-                    f"{describe(error)}"
+                    f"{describe(error)}{_not_served(reflector.resource, error)}"
                 return
         keys = sorted(controller.nimbus_policies.list_keys())
         self.listed = len(keys)
@@ -254,6 +254,16 @@ class OneShot:
                 self.progress.show(reconciled_line(len(self.outcomes), self.listed,
                                                    time.monotonic() - self._reconciling_since))
             await anyio.sleep(0.2)
+
+
+def _not_served(resource: Resource, error: BaseException) -> str:
+    """What a 404 to a LIST means: the API server does not serve the resource at all (a LIST of
+    a namespace that does not exist is empty, not 404), as when its CRD is not installed."""
+    answer = api_error(error)
+    if answer is None or not answer.not_found:
+        return ""
+    return (f" (is the {resource.kind} CRD, {resource.plural}.{resource.group} "
+            f"{resource.version}, installed?)")
 
 
 def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO = sys.stdout,

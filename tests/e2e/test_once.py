@@ -218,6 +218,16 @@ async def test_a_failed_list_exits_4_with_the_status(
     assert last_line(result) == (f"exit 4: could not run: could not list nimbuspolicies in "
                                  f"{namespace}: 500 InternalError: etcd is on fire")
     assert await policy_names(api, namespace) == set()
+    proxy.clear()
+    # the KubeArmorPolicy CRD not installed: the API server's answer to such a LIST when its
+    # group is served (with no CRD of the group at all, a plain-text "404 page not found")
+    proxy.add(Rule(Status(404, message="the server could not find the requested resource"),
+                   kind="list", path="/kubearmorpolicies"))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert last_line(result).endswith(
+        "404 NotFound: the server could not find the requested resource (is the "
+        "KubeArmorPolicy CRD, kubearmorpolicies.security.kubearmor.com v1, installed?)")
 
 
 @pytest.mark.faults
