@@ -15,7 +15,7 @@ SIGINT or SIGTERM while connecting or listing stops at once (nothing was written
 reconciling, no further NimbusPolicy is started and the ones under way get `grace` seconds to
 finish (a second signal cuts them short), so the summary says what was written. One that came
 before the run listened (while loading) stops it as it starts; one after (while the summary is
-written) changes nothing (heldsignals.py).
+written) changes nothing, a second ends the process at once (heldsignals.py).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class OneShot:
                 error=self.error, interrupted=self.interrupted,
                 cancelled=tuple(sorted(self.cancelled)),
                 diffs=tuple(self._diffs()) if self.options.dry_run else ())
-        # The receiver gave them back to Python's defaults: ignored until the process has ended
-        self.held.ignore()
+        # The receiver gave them back to Python's defaults: held while the summary is written
+        self.held.finishing()
         return report
 
     async def _sync_or_say_why(self) -> None:
@@ -283,4 +283,6 @@ def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO = sy
     finally:
         for handler in handlers:
             handler.removeFilter(clear_first)
-    return summary.write(report, options.output, out)
+    code = summary.write(report, options.output, out)
+    held.ignore()
+    return code

@@ -359,24 +359,37 @@ async def test_ctrl_c_ends_with_the_summary_of_what_was_done(
 async def test_a_signal_while_the_summary_is_written_cuts_nothing_short(
         api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
     """The run is over, its summary says how it ended: a SIGTERM now (a CI job cancelled as it
-    finishes) leaves the JSON whole and the exit status the one it states. (While loading:
-    tests/unit/test_once_signals.py.)"""
+    finishes) leaves the JSON whole and the exit status the one it states; a second one ends
+    it at once. (While loading: tests/unit/test_once_signals.py.)"""
     for name in ("a", "b", "c", "d", "e", "f"):  # each a diff of about 3 KB
         await create_nimbus_policy(api, namespace, name, [rule("pkgMgrs")])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--once", "--dry-run", "-o", "json", "--kubeconfig",
-         str(reconciler_kubeconfig), "--namespace", namespace], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd=REPO, pipesize=4096)
-    assert process.stdout is not None
-    # The first byte of the summary: the process is writing it, and with 4 KB of pipe and
-    # no reader it cannot finish before the signal has come.
-    first = os.read(process.stdout.fileno(), 1)
+
+    def writing_the_summary() -> tuple[subprocess.Popen[bytes], bytes]:
+        """A dry run, and the first byte of its summary: the process is writing it, and with
+        4 KB of pipe and no reader it cannot finish before we read on."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--once", "--dry-run", "-o", "json",
+             "--kubeconfig", str(reconciler_kubeconfig), "--namespace", namespace],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, pipesize=4096)
+        assert process.stdout is not None
+        return process, os.read(process.stdout.fileno(), 1)
+
+    process, first = writing_the_summary()
     process.send_signal(signal.SIGTERM)
     rest, err = process.communicate(timeout=30)
     doc = json.loads(first + rest)
     assert len(first + rest) > 16_000 and (doc["result"], doc["exitCode"]) == ("wouldChange", 1)
     assert process.returncode == 1, err[-2000:]
     assert b"Traceback" not in err
+
+    process, first = writing_the_summary()
+    process.send_signal(signal.SIGTERM)
+    # signals sent at once may arrive as one: again until it is gone
+    wait_for(lambda: process.send_signal(signal.SIGTERM) or process.poll() is not None, 10,
+             "a second SIGTERM to end it")
+    assert process.returncode == 143
+    rest, _ = process.communicate(timeout=30)
+    assert len(first + rest) < len(json.dumps(doc, indent=2))  # cut short, as asked
 
 
 def on_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, str, str]:
