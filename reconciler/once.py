@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -266,14 +267,17 @@ def _not_served(resource: Resource, error: BaseException) -> str:
             f"{resource.version}, installed?)")
 
 
-def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO = sys.stdout,
-         err: TextIO = sys.stderr) -> int:
-    """Run it, print the summary on `out`, return the exit status. `held`: SIGINT and SIGTERM
-    as kept since the process knew it runs --once (a new hold if None)."""
+def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Run it, print the summary on `out` (stdout), return the exit status. `held`: SIGINT
+    and SIGTERM as kept since the process knew it runs --once (a new hold if None)."""
     if held is None:
         held = HeldSignals()
         held.hold()
-    progress = Progress(err)
+    # Started with stdout or stderr closed (`>&-`), Python has None for them: the summary goes
+    # nowhere, as to a reader gone, and the exit status says what it would have.
+    out = out or sys.stdout or open(os.devnull, "w")  # noqa: SIM115 (open until the exit)
+    progress = Progress(err or sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
     handlers = logging.getLogger().handlers
     clear_first = progress.log_filter()
     for handler in handlers:

@@ -360,7 +360,7 @@ async def test_a_signal_while_the_summary_is_written_cuts_nothing_short(
         api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
     """The run is over, its summary says how it ended: a SIGTERM now (a CI job cancelled as it
     finishes) leaves the JSON whole and the exit status the one it states; a second one ends
-    it at once. (While loading: tests/unit/test_once_signals.py.)"""
+    it at once. (While loading: tests/unit/test_once_process.py.)"""
     for name in ("a", "b", "c", "d", "e", "f"):  # each a diff of about 3 KB
         await create_nimbus_policy(api, namespace, name, [rule("pkgMgrs")])
 
