@@ -157,13 +157,14 @@ def main(argv: list[str] | None = None, held: HeldSignals | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        if args.dry_run and not args.once:
-            parser.error("--dry-run needs --once (the controller never runs dry)")
-        if args.output != "text" and not args.once:
-            parser.error("--output needs --once (the controller logs, it prints no summary)")
-        if args.once and args.leader_elect:
-            parser.error("--leader-elect does not go with --once")
-        once = args.once and args.command != "render"
+        if args.command != "render":
+            if args.dry_run and not args.once:
+                parser.error("--dry-run needs --once (the controller never runs dry)")
+            if args.output != "text" and not args.once:
+                parser.error("--output needs --once (the controller logs, it prints no summary)")
+            if args.once and args.leader_elect:
+                parser.error("--leader-elect does not go with --once")
+            once = args.once
     finally:
         if not once:
             held.release()
