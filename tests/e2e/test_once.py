@@ -240,11 +240,13 @@ async def test_the_api_server_asking_to_come_back_later_is_waited_for(
     await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
     lists = proxy.add(Rule(Status(429, retry_after=1), kind="list", path="/nimbuspolicies",
                            times=1))
-    creates = proxy.add(Rule(Status(429, retry_after=1), kind="write", method="POST",
+    creates = proxy.add(Rule(Status(429, retry_after=0), kind="write", method="POST",
                              path="/kubearmorpolicies", times=1))
     result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
     assert result.returncode == 0, result.stdout + result.stderr
     assert last_line(result) == "exit 0: converged" and (lists.hits, creates.hits) == (1, 1)
+    refused, listed = proxy.requests(kind="list", path="/nimbuspolicies")
+    assert listed.at - refused.at >= 1.0  # when it said
     assert len(proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")) == 2
     assert await policy_names(api, namespace) == {"web-dnsmanipulation"}
     proxy.remove(lists)
