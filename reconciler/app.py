@@ -56,14 +56,14 @@ def process_registry() -> CollectorRegistry:
 
 
 async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
-                  clock: Clock | None = None) -> KubeClient:
+                  clock: Clock | None = None, throttled_retries: int = 0) -> KubeClient:
     """--kubeconfig, else $KUBECONFIG or ~/.kube/config, else the in-cluster configuration
     (kr8s's order): the service account the kubelet mounts (`serviceaccount`: another directory,
-    for tests), its token read again every minute by `clock`."""
+    for tests), its token read again every minute by `clock`. `throttled_retries`: KubeClient's."""
     api = await kr8s.asyncio.api(kubeconfig=kubeconfig, serviceaccount=serviceaccount)
     token = service_account_token(api.auth)
     return KubeClient(api, token_file=TokenFile(token, clock or MonotonicClock())
-                      if token is not None else None)
+                      if token is not None else None, throttled_retries=throttled_retries)
 
 
 def metrics_certificate(options: RunOptions, metrics: Metrics) -> ServingCertificate | None:

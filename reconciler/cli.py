@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from .bindaddress import parse_bind_address
 from .exitcode import ExitCode
+from .heldsignals import HeldSignals
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -70,7 +71,8 @@ class _Parser(argparse.ArgumentParser):
 ONCE_EPILOG = """\
 --once exit status (the first that applies; --dry-run follows kubectl diff):
   130, 143  interrupted by SIGINT, SIGTERM (the summary says what was done)
-  4         could not run: bad flags, bad kubeconfig, API server unreachable, a LIST failed
+  4         could not run: bad flags, bad kubeconfig or credentials, API server
+            unreachable, a LIST failed
   3         a NimbusPolicy failed: a write refused or unanswered, its namespace being deleted
   1         --dry-run: something would change (the diff is printed)
   2         bad input reported in a NimbusPolicy (everything else converged)
@@ -145,31 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, held: HeldSignals | None = None) -> int:
+    """`held`: SIGINT and SIGTERM, held since the process started (`python -m reconciler`).
+    Until the flags say --once (which then ends with its summary whenever a signal comes) they
+    stay held; any other mode gets Python's defaults back, and a signal that came meanwhile."""
+    held = held or HeldSignals()
+    held.hold()
+    once = False
+    try:
+        parser = build_parser()
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if args.command != "render":
+            if args.dry_run and not args.once:
+                parser.error("--dry-run needs --once (the controller never runs dry)")
+            if args.output != "text" and not args.once:
+                parser.error("--output needs --once (the controller logs, it prints no summary)")
+            if args.once and args.leader_elect:
+                parser.error("--leader-elect does not go with --once")
+            once = args.once
+    finally:
+        if not once:
+            held.release()
     if args.command == "render":
         from . import render
         return render.main(args.filename)
-    if args.dry_run and not args.once:
-        parser.error("--dry-run needs --once (the controller never runs dry)")
-    if args.output != "text" and not args.once:
-        parser.error("--output needs --once (the controller logs, it prints no summary)")
-    if args.once and args.leader_elect:
-        parser.error("--leader-elect does not go with --once")
     from . import logs
     logs.setup(args.log_level, args.log_format)
     namespaces = tuple(dict.fromkeys(args.namespaces))
-    if args.once:
-        try:
-            from . import once
-        except KeyboardInterrupt:  # while loading (kr8s takes half a second)
-            from . import summary
-            return summary.write(summary.Report(dry_run=args.dry_run, interrupted="SIGINT"),
-                                 args.output, sys.stdout)
-        return once.main(once.OnceOptions(kubeconfig=args.kubeconfig, namespaces=namespaces,
-                                          workers=args.workers, dry_run=args.dry_run,
-                                          output=args.output))
+    if once:
+        from . import once as one_shot
+        return one_shot.main(one_shot.OnceOptions(
+            kubeconfig=args.kubeconfig, namespaces=namespaces, workers=args.workers,
+            dry_run=args.dry_run, output=args.output), held)
     return _run_controller(parser, args, namespaces)
 
 

@@ -46,8 +46,13 @@ log = logging.getLogger(__name__)
 CONTROLLER = "nimbuspolicy"
 FIELD_MANAGER = "nimbus-kubearmor"
 # A status write refused because another adapter changed adapterPolicies since we read them is
-# made again at once on a fresh read (client-go's RetryOnConflict), this many times in all;
-# then the reconcile fails and the work queue's backoff takes over.
+# made again at once on a fresh read (client-go's retry.RetryOnConflict with a GET, as
+# controllers sharing a status do), this many times in all; then the reconcile fails and the
+# work queue's backoff takes over. Not the tight loop DESIGN.md forbids: bounded (3 writes, 2
+# reads), each try on news (a read that shows what refused it), every refusal counted
+# (write_conflicts), and only for the one write whose precondition is a field others write;
+# other 409s and every 5xx still wait for the queue's backoff. The read serves that write only:
+# the cache keeps what the watch delivered and the answers to our writes, not it.
 STATUS_ATTEMPTS = 3
 # Failed reconciles in a row, every failure a write that met a newer version of its object
 # (another controller wrote first), that are retried quietly (debug); more is a warning.

@@ -170,6 +170,9 @@ def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str]
     read (absent or null tests as absent), not the object's resourceVersion, so the Nimbus core
     writing status.status or lastUpdated meanwhile does not refuse it; another adapter changing
     its entries does (422, `ApiError.patch_test_failed`), and it is made again on a fresh read.
+    And that the object is still the one read (its uid), as a delete's precondition says: a
+    NimbusPolicy deleted and made again under the same name meanwhile is another object, whose
+    status must not list the policies made for the first.
     The API server applies a patch to the current object, retrying itself when etcd moved on,
     so what the tests check is what it is applied to. status.status (required by the schema)
     is written only where it is absent, as "Created"; lastUpdated is the core's."""
@@ -180,13 +183,15 @@ def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str]
     if merged == current and nimbus_policy.number_of_adapter_policies == len(merged) \
             and nimbus_policy.status:
         return None
+    same_object: Obj = {"op": "test", "path": "/metadata/uid", "value": nimbus_policy.uid}
     if not nimbus_policy.has_status:
-        return [{"op": "test", "path": "/status", "value": None},
+        return [same_object, {"op": "test", "path": "/status", "value": None},
                 {"op": "add", "path": "/status", "value": {
                     "status": "Created", "numberOfAdapterPolicies": len(merged),
                     "adapterPolicies": merged}}]
-    ops: list[Obj] = [{"op": "test", "path": "/status/adapterPolicies",
-                       "value": current if nimbus_policy.lists_adapter_policies else None}]
+    ops: list[Obj] = [same_object, {
+        "op": "test", "path": "/status/adapterPolicies",
+        "value": current if nimbus_policy.lists_adapter_policies else None}]
     if not nimbus_policy.status:
         ops += [{"op": "test", "path": "/status/status", "value": None},
                 {"op": "add", "path": "/status/status", "value": "Created"}]

@@ -12,6 +12,6 @@ class ExitCode(enum.IntEnum):
     WOULD_CHANGE = 1  # --dry-run only: something would be created, patched, deleted or a status written
     BAD_INPUT = 2  # a NimbusPolicy has bad input (reported); everything else converged
     FAILED = 3  # a reconcile failed: a write refused or unanswered, its namespace being deleted
-    NOT_RUN = 4  # could not run: bad flags, bad kubeconfig, API server unreachable, a LIST failed
+    NOT_RUN = 4  # could not run: bad flags, bad kubeconfig or credentials, unreachable, a LIST failed
     INTERRUPTED = 130  # SIGINT (128 + 2): stopped early; the summary says what was done
     TERMINATED = 143  # SIGTERM (128 + 15): the same

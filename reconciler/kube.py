@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
+# kube-apiserver's whole message when a JSON patch does not apply to the object (apimachinery's
+# generic words for a 422): what tells a failed `test` from a webhook's 422 without details.
+PATCH_NOT_APPLIED = "the server rejected our request due to an error in our request"
 
 
 @attrs.frozen
@@ -113,11 +116,12 @@ class ApiError(Exception):
     def patch_test_failed(self) -> bool:
         """A JSON patch that did not apply to the object as it now is: one of its `test`
         operations did not hold (or a path it names is gone). The API server answers that with
-        422 Invalid, its generic message and empty details (the patch library's words are
-        dropped); a refusal by the schema or an admission policy is also 422 Invalid but
-        names the object and the causes."""
+        422 Invalid, empty details and its generic words for a 422 (the patch library's are
+        dropped). Other refusals are 422 Invalid too: the schema's and an admission policy's
+        name the object and the causes; an admission webhook's may have no details at all, but
+        say which webhook denied the request. Only the first is retried on a fresh read."""
         return self.status == 422 and self.reason == "Invalid" and not self.causes \
-            and not self.object_named
+            and not self.object_named and self.message == PATCH_NOT_APPLIED
 
     @property
     def stale(self) -> bool:
@@ -199,6 +203,8 @@ def api_error(error: BaseException) -> ApiError | None:
     """The ApiError a kr8s or httpx exception stands for, or None if it is not an API failure."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, kr8s.ServerError) and error.response is not None:
+        return ApiError.from_response(error.response)  # kr8s's own first request (/version)
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
     if isinstance(error, httpx.TransportError | httpx.StreamError):
@@ -261,9 +267,26 @@ def may_have_landed(error: ApiError) -> bool:
     return (error.status == 0 or error.status >= 500) and not error.too_large
 
 
+# The longest a request waits before it is sent again when the API server said when to come
+# back (`throttled_retries`): a Retry-After longer than this is taken as this.
+LONGEST_THROTTLED_WAIT = 10.0
+
+
+def throttled(method: str, error: ApiError) -> bool:
+    """Whether the API server asked for `method` to be sent again later, and nothing of it can
+    have been applied: a 429 with a Retry-After (API Priority and Fairness, max-in-flight:
+    refused before any handler ran), or a GET answered 5xx with a Retry-After (a read)."""
+    return error.retry_after is not None and (
+        error.status == 429 or (error.status >= 500 and method == "GET"))
+
+
 class KubeClient:
     """Every request is made once (a 401 excepted, see below) and its failure raised as an
     ApiError: retrying is the caller's business (the work queue's backoff, the reflector's).
+    With `throttled_retries` (for `--once`, which has no work queue to back off in), a request
+    the API server asked to send again later (`throttled`) is sent again after the Retry-After
+    it gave (at most LONGEST_THROTTLED_WAIT), that many times at most, as client-go's REST
+    client does for every request (10 times).
 
     kr8s is asked not to raise for statuses (`raise_for_status=False`): when it does, it treats
     401 *and* 403 as expired credentials and re-authenticates up to three times, replacing its
@@ -284,8 +307,9 @@ class KubeClient:
     or is revoked: no request is refused for it, no watch broken."""
 
     def __init__(self, api: Any, request_timeout: float = 30.0,
-                 token_file: TokenFile | None = None) -> None:
+                 token_file: TokenFile | None = None, throttled_retries: int = 0) -> None:
         self.api = api
+        self.throttled_retries = throttled_retries
         self.request_timeout = httpx.Timeout(request_timeout)
         self.request_seconds = request_timeout
         self.token_file = token_file
@@ -375,12 +399,24 @@ class KubeClient:
     async def _request_body(self, method: str, resource: Resource, namespace: str | None,
                             url: str, **kwargs: Any) -> bytes:
         """The answer's body, undecoded."""
-        try:
-            return await self._attempts(method, resource, namespace, url, **kwargs)
-        except ApiError as error:
-            if method != "GET" and may_have_landed(error):
-                self._uncertain_write_at = time.monotonic()
-            raise
+        retries = 0
+        while True:
+            try:
+                return await self._attempts(method, resource, namespace, url, **kwargs)
+            except ApiError as error:
+                if retries < self.throttled_retries and throttled(method, error):
+                    assert error.retry_after is not None
+                    wait = min(error.retry_after, LONGEST_THROTTLED_WAIT)
+                    retries += 1
+                    log.info("the API server asked to send the request again later",
+                             extra={"method": method, "resource": resource.plural,
+                                    "namespace": namespace, "error": str(error),
+                                    "retry_in_s": wait, "retry": retries})
+                    await anyio.sleep(wait)
+                    continue
+                if method != "GET" and may_have_landed(error):
+                    self._uncertain_write_at = time.monotonic()
+                raise
 
     async def _attempts(self, method: str, resource: Resource, namespace: str | None,
                         url: str, **kwargs: Any) -> bytes:

@@ -13,13 +13,16 @@ In this order:
 
 SIGINT or SIGTERM while connecting or listing stops at once (nothing was written yet); while
 reconciling, no further NimbusPolicy is started and the ones under way get `grace` seconds to
-finish (a second signal cuts them short), so the summary says what was written.
+finish (a second signal cuts them short), so the summary says what was written. One that came
+before the run listened (while loading) stops it as it starts; one after (while the summary is
+written) changes nothing, a second ends the process at once (heldsignals.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -30,6 +33,7 @@ import attrs
 
 from . import summary
 from .app import connect
+from .heldsignals import HeldSignals
 from .kube import ApiError, KubeClient, Resource, api_error
 from .objdiff import PatchError, file_name, merged, unified_diff
 from .progress import Progress, listing_line, reconciled_line
@@ -39,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0
+# A request the API server asks to send again later (a 429 with Retry-After, say) is, this many
+# times (client-go's REST client: 10): there is no work queue here to retry it later.
+THROTTLED_RETRIES = 10
 
 
 @attrs.frozen
@@ -61,9 +68,12 @@ def describe(error: BaseException) -> str:
 
 
 class OneShot:
-    def __init__(self, options: OnceOptions, progress: Progress) -> None:
+    def __init__(self, options: OnceOptions, progress: Progress,
+                 held: HeldSignals | None = None) -> None:
         self.options = options
         self.progress = progress
+        # Signals that come while the run does not listen (before it starts, after it ends)
+        self.held = held or HeldSignals()
         self.phase = "connecting"  # then "listing", "reconciling", "done"
         self.controller: Controller | None = None
         self.outcomes: list[Outcome] = []
@@ -79,21 +89,36 @@ class OneShot:
 
     async def run(self) -> summary.Report:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            self.interrupted = self.held.first  # one came while loading: stop as it starts
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._on_signals, signals)
                 if self.progress.enabled:
                     tasks.start_soon(self._draw_progress)
                 with anyio.CancelScope() as self._scope:
-                    await self._sync()
+                    if self.interrupted is None:
+                        await self._sync_or_say_why()
                 tasks.cancel_scope.cancel()
             # still receiving signals (and ignoring them): the report is not cut short
             self.progress.clear()
             self.outcomes.sort(key=lambda o: o.key)
-            return summary.Report(
+            report = summary.Report(
                 dry_run=self.options.dry_run, outcomes=tuple(self.outcomes), listed=self.listed,
                 error=self.error, interrupted=self.interrupted,
                 cancelled=tuple(sorted(self.cancelled)),
                 diffs=tuple(self._diffs()) if self.options.dry_run else ())
+        # The receiver gave them back to Python's defaults: held while the summary is written
+        self.held.finishing()
+        return report
+
+    async def _sync_or_say_why(self) -> None:
+        """_sync, and a failure it did not foresee (a bug, or an OS error) said in the summary
+        as why it could not run, its traceback in the log at debug."""
+        try:
+            await self._sync()
+        except Exception as error:
+            log.error("could not run", exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra={"error": repr(error)})
+            self.error = describe(error)
 
     async def _sync(self) -> None:
         client = await self._connect()
@@ -117,7 +142,7 @@ class OneShot:
                 await reflector.list_once()
             except Exception as error:
                 self.error = f"could not list {reflector.resource.plural} in {reflector.scope}: " \
-                    f"{describe(error)}"
+                    f"{describe(error)}{_not_served(reflector.resource, error)}"
                 return
         keys = sorted(controller.nimbus_policies.list_keys())
         self.listed = len(keys)
@@ -142,18 +167,26 @@ class OneShot:
 
     async def _connect(self) -> KubeClient | None:
         for path in (self.options.kubeconfig or "").split(":"):
-            if path and not await (await anyio.Path(path).expanduser()).is_file():
-                self.error = f"kubeconfig {path}: no such file"
+            try:
+                found = not path or await (await anyio.Path(path).expanduser()).is_file()
+            except OSError as error:  # a name too long, a directory we may not search
+                found, self.error = False, f"kubeconfig {path}: {error.strerror or error}"
+            if not found:
+                self.error = self.error or f"kubeconfig {path}: no such file"
                 return None
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
-                return await connect(self.options.kubeconfig)
+                return await connect(self.options.kubeconfig,
+                                     throttled_retries=THROTTLED_RETRIES)
         except Exception as error:
             log.debug("could not connect", exc_info=True)
-            if api_error(error) is not None or isinstance(error, TimeoutError):
+            answer = api_error(error)
+            where = self.options.kubeconfig or "in-cluster, $KUBECONFIG or ~/.kube/config"
+            if answer is not None and answer.status in (401, 403):
+                self.error = f"the API server refused the credentials ({where}): {answer}"
+            elif answer is not None or isinstance(error, TimeoutError):
                 self.error = f"cannot reach the API server: {describe(error)}"
             else:  # kr8s reads the kubeconfig or the service account: what it raised is theirs
-                where = self.options.kubeconfig or "in-cluster, $KUBECONFIG or ~/.kube/config"
                 self.error = f"cannot load credentials ({where}): {describe(error)}"
             return None
 
@@ -224,18 +257,36 @@ class OneShot:
             await anyio.sleep(0.2)
 
 
-def main(options: OnceOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run it, print the summary on `out`, return the exit status."""
-    progress = Progress(err)
+def _not_served(resource: Resource, error: BaseException) -> str:
+    """What a 404 to a LIST means: the API server does not serve the resource at all (a LIST of
+    a namespace that does not exist is empty, not 404), as when its CRD is not installed."""
+    answer = api_error(error)
+    if answer is None or not answer.not_found:
+        return ""
+    return (f" (is the {resource.kind} CRD, {resource.plural}.{resource.group} "
+            f"{resource.version}, installed?)")
+
+
+def main(options: OnceOptions, held: HeldSignals | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Run it, print the summary on `out` (stdout), return the exit status. `held`: SIGINT
+    and SIGTERM as kept since the process knew it runs --once (a new hold if None)."""
+    if held is None:
+        held = HeldSignals()
+        held.hold()
+    # Started with stdout or stderr closed (`>&-`), Python has None for them: the summary goes
+    # nowhere, as to a reader gone, and the exit status says what it would have.
+    out = out or sys.stdout or open(os.devnull, "w")  # noqa: SIM115 (open until the exit)
+    progress = Progress(err or sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
     handlers = logging.getLogger().handlers
     clear_first = progress.log_filter()
     for handler in handlers:
         handler.addFilter(clear_first)
     try:
-        report = anyio.run(OneShot(options, progress).run)
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        report = summary.Report(dry_run=options.dry_run, interrupted="SIGINT")
+        report = anyio.run(OneShot(options, progress, held).run)
     finally:
         for handler in handlers:
             handler.removeFilter(clear_first)
-    return summary.write(report, options.output, out)
+    code = summary.write(report, options.output, out)
+    held.ignore()
+    return code

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
@@ -148,6 +149,15 @@ def reader(control_plane: LocalControlPlane) -> Path:
     return control_plane.identity_kubeconfig(user)
 
 
+def with_token(kubeconfig: Path, path: Path, token: str = "not-a-token") -> Path:
+    """`kubeconfig` with a token no one issued instead of its user's credentials: read fine,
+    refused by the API server (401)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 async def test_exit_4_with_a_summary_when_it_cannot_run(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
         reconciler_kubeconfig: Path, reader: Path, tmp_path: Path) -> None:
@@ -157,10 +167,14 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
     garbage.write_text("{{{ not yaml")
     unreachable = control_plane.identity_kubeconfig(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")  # nothing listens there
+    too_long = tmp_path / ("k" * 300)  # a name over 255 bytes: the check itself fails
+    bad_token = with_token(reconciler_kubeconfig, tmp_path / "bad-token.kubeconfig")
     cases = {
         tmp_path / "missing": f"kubeconfig {tmp_path / 'missing'}: no such file",
+        too_long: f"kubeconfig {too_long}: File name too long",
         garbage: f"cannot load credentials ({garbage}): ParserError: while parsing",
         unreachable: "cannot reach the API server: ConnectError: ",
+        bad_token: f"the API server refused the credentials ({bad_token}): 401 Unauthorized",
         reader: f"could not list kubearmorpolicies in {namespace}: 403 Forbidden: "
                 "kubearmorpolicies.security.kubearmor.com is forbidden",
     }
@@ -204,6 +218,44 @@ async def test_a_failed_list_exits_4_with_the_status(
     assert last_line(result) == (f"exit 4: could not run: could not list nimbuspolicies in "
                                  f"{namespace}: 500 InternalError: etcd is on fire")
     assert await policy_names(api, namespace) == set()
+    proxy.clear()
+    # the KubeArmorPolicy CRD not installed: the API server's answer to such a LIST when its
+    # group is served (with no CRD of the group at all, a plain-text "404 page not found")
+    proxy.add(Rule(Status(404, message="the server could not find the requested resource"),
+                   kind="list", path="/kubearmorpolicies"))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert last_line(result).endswith(
+        "404 NotFound: the server could not find the requested resource (is the "
+        "KubeArmorPolicy CRD, kubearmorpolicies.security.kubearmor.com v1, installed?)")
+
+
+@pytest.mark.faults
+async def test_the_api_server_asking_to_come_back_later_is_waited_for(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """A 429 with Retry-After (API Priority and Fairness under load) is not a failure of the
+    run: the LIST and the write are sent again when the server said, as kubectl's would be;
+    only when it goes on asking does the run give up, after 10 more tries."""
+    await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
+    lists = proxy.add(Rule(Status(429, retry_after=1), kind="list", path="/nimbuspolicies",
+                           times=1))
+    creates = proxy.add(Rule(Status(429, retry_after=0), kind="write", method="POST",
+                             path="/kubearmorpolicies", times=1))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert last_line(result) == "exit 0: converged" and (lists.hits, creates.hits) == (1, 1)
+    refused, listed = proxy.requests(kind="list", path="/nimbuspolicies")
+    assert listed.at - refused.at >= 1.0  # when it said
+    assert len(proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")) == 2
+    assert await policy_names(api, namespace) == {"web-dnsmanipulation"}
+    proxy.remove(lists)
+    # asked again and again: the summary says so, after the first try and 10 more
+    always = proxy.add(Rule(Status(429, retry_after=0), kind="list", path="/kubearmorpolicies"))
+    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    assert result.returncode == 4 and always.hits == 11, result.stdout + result.stderr
+    assert last_line(result).startswith(f"exit 4: could not run: could not list "
+                                        f"kubearmorpolicies in {namespace}: 429 TooManyRequests")
 
 
 async def test_a_namespace_being_deleted_fails_the_run(
@@ -304,6 +356,42 @@ async def test_ctrl_c_ends_with_the_summary_of_what_was_done(
     assert doc["cancelled"] == [f"{namespace}/b"] and doc["counts"]["reconciled"] == 1
     assert "a write they sent may have been made" in doc["message"]
     held.release()
+
+
+async def test_a_signal_while_the_summary_is_written_cuts_nothing_short(
+        api: httpx.AsyncClient, namespace: str, reconciler_kubeconfig: Path) -> None:
+    """The run is over, its summary says how it ended: a SIGTERM now (a CI job cancelled as it
+    finishes) leaves the JSON whole and the exit status the one it states; a second one ends
+    it at once. (While loading: tests/unit/test_once_process.py.)"""
+    for name in ("a", "b", "c", "d", "e", "f"):  # each a diff of about 3 KB
+        await create_nimbus_policy(api, namespace, name, [rule("pkgMgrs")])
+
+    def writing_the_summary() -> tuple[subprocess.Popen[bytes], bytes]:
+        """A dry run, and the first byte of its summary: the process is writing it, and with
+        4 KB of pipe and no reader it cannot finish before we read on."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--once", "--dry-run", "-o", "json",
+             "--kubeconfig", str(reconciler_kubeconfig), "--namespace", namespace],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, pipesize=4096)
+        assert process.stdout is not None
+        return process, os.read(process.stdout.fileno(), 1)
+
+    process, first = writing_the_summary()
+    process.send_signal(signal.SIGTERM)
+    rest, err = process.communicate(timeout=30)
+    doc = json.loads(first + rest)
+    assert len(first + rest) > 16_000 and (doc["result"], doc["exitCode"]) == ("wouldChange", 1)
+    assert process.returncode == 1, err[-2000:]
+    assert b"Traceback" not in err
+
+    process, first = writing_the_summary()
+    process.send_signal(signal.SIGTERM)
+    # signals sent at once may arrive as one: again until it is gone
+    wait_for(lambda: process.send_signal(signal.SIGTERM) or process.poll() is not None, 10,
+             "a second SIGTERM to end it")
+    assert process.returncode == 143
+    rest, _ = process.communicate(timeout=30)
+    assert len(first + rest) < len(json.dumps(doc, indent=2))  # cut short, as asked
 
 
 def on_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry
 from reconciler.controller import Controller, ControllerConfig
 from reconciler.kube import KubeClient
 from reconciler.metrics import Metrics
+from reconciler.problems import ProblemKind
 from tests.controlplane.launcher import LocalControlPlane
 from tests.e2e.conftest import RECONCILER_USER, RunningReconciler, eventually
 from tests.e2e.nimbus import create_nimbus_policy, has_policies, nimbus_policies, rule
-from tests.e2e.refusals import admission_denies
+from tests.e2e.refusals import admission_denies, webhook_denies
 
 
 @pytest.fixture
@@ -147,24 +148,79 @@ async def test_a_status_the_core_wrote_since_we_read_none_is_kept(
         "adapterPolicies": ["KubeArmorPolicy/bare-dnsmanipulation"]}
 
 
+async def test_a_nimbus_policy_made_again_since_our_read_gets_no_status_of_the_first(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics]) -> None:
+    """Deleted and made again under its name (the Nimbus core does so when a binding is
+    replaced) between our read and our status write: the policies we made belong to the first
+    one (the garbage collector takes them), so its successor's status must not list them."""
+    controller, _ = listed
+    first = await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await list_into(controller)  # no status: the patch would add the whole of it
+    (await api.delete(f"{nimbus_policies(namespace)}/np")).raise_for_status()
+    binding = (await api.get(f"/apis/intent.security.nimbus.com/v1alpha1/namespaces/{namespace}"
+                             "/securityintentbindings/np")).json()
+    second = await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")],
+                                        owner=binding)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    mark = len(control_plane.audit_events())
+    outcome = await controller.reconcile(f"{namespace}/np")
+    assert not outcome.failed and not outcome.status_written, outcome.errors
+    assert status_writes(control_plane, namespace, mark) == [422]  # refused, read, let be
+    assert await status_of(api, namespace, "np") == {}  # its own reconcile writes it
+
+
+def status_probe(namespace: str, name: str
+                 ) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    """A dry-run status write of NimbusPolicy `name` that the schema accepts (an orphan, say,
+    which the reconciler leaves alone), to probe an admission policy or webhook with."""
+    def probe(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.patch(f"{nimbus_policies(namespace)}/{name}/status",
+                            params={"dryRun": "All"},
+                            content=json.dumps({"status": {"status": "Created",
+                                                           "numberOfAdapterPolicies": 0}}),
+                            headers={"Content-Type": "application/merge-patch+json"})
+    return probe
+
+
+async def test_a_webhook_refusing_the_status_write_with_422_is_a_refusal_not_a_conflict(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        listed: tuple[Controller, Metrics]) -> None:
+    """A webhook's 422 Invalid comes without details, as a failed `test` does: it is reported
+    where the user looks, and not retried at once on a fresh read nor counted as a conflict."""
+    controller, metrics = listed
+    await create_nimbus_policy(api, namespace, "probe", [rule("dnsManipulation")], owner=None)
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await list_into(controller)
+    frozen = "status writes are frozen"
+    async with webhook_denies(control_plane, namespace=namespace,
+                              group="intent.security.nimbus.com",
+                              resource="nimbuspolicies/status", operations=("UPDATE",),
+                              status={"code": 422, "reason": "Invalid", "message": frozen},
+                              probe=status_probe(namespace, "probe")):
+        mark = len(control_plane.audit_events())
+        outcome = await controller.reconcile(f"{namespace}/np")
+        events = control_plane.audit_events()[mark:]
+    assert outcome.failed and [e.status for e in outcome.errors] == [422]
+    assert status_writes(control_plane, namespace, mark) == [422]  # once, not three times
+    assert not [e for e in events if e["user"].get("username") == RECONCILER_USER
+                and e["verb"] == "get"], "read again as if another adapter had written"
+    refusals = [p for p in outcome.problems if p.kind is ProblemKind.WRITE_REFUSED]
+    assert refusals and frozen in refusals[0].message
+    assert metrics.registry.get_sample_value("nimbus_kubearmor_write_conflicts_total",
+                                             {"resource": "nimbuspolicies/status"}) == 0
+
+
 async def test_policies_created_are_logged_when_the_status_write_then_fails(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
         reconciler: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="reconciler")
     # an orphan (the reconciler leaves it alone) to probe the admission policy with
     await create_nimbus_policy(api, namespace, "probe", [rule("dnsManipulation")], owner=None)
-
-    def probe(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.patch(f"{nimbus_policies(namespace)}/probe/status",
-                            params={"dryRun": "All"},
-                            content=json.dumps({"status": {"status": "Created",
-                                                           "numberOfAdapterPolicies": 0}}),
-                            headers={"Content-Type": "application/merge-patch+json"})
-
     async with admission_denies(control_plane, namespace=namespace,
                                 group="intent.security.nimbus.com",
                                 resource="nimbuspolicies/status", operations=("UPDATE",),
-                                probe=probe):
+                                probe=status_probe(namespace, "probe")):
         await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation"),
                                                           rule("unAuthorizedSaTokenAccess")])
         await eventually(lambda: has_policies(api, namespace, "np-dnsmanipulation",

@@ -197,6 +197,7 @@ def test_status_patch_merges_with_other_adapters_and_is_none_when_right() -> Non
                             "adapterPolicies": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]})
     patch = status_patch(cached_np(np), ["np-new", "np-b"])
     assert patch == [
+        {"op": "test", "path": "/metadata/uid", "value": "u1"},  # the object as read
         {"op": "test", "path": "/status/adapterPolicies",
          "value": ["NetworkPolicy/np-a", "KubeArmorPolicy/np-old"]},
         {"op": "add", "path": "/status/adapterPolicies",
@@ -230,6 +231,17 @@ def test_status_patch_tests_only_adapter_policies_as_read() -> None:
     other["status"]["adapterPolicies"].append("ClusterPolicy/np-b")
     with pytest.raises(PatchTestFailed):
         apply(other, patch)
+    # the NimbusPolicy deleted and made again under its name meanwhile: another object
+    replaced = copy.deepcopy(np)
+    replaced["metadata"]["uid"] = "u2"
+    with pytest.raises(PatchTestFailed):
+        apply(replaced, patch)
+    bare = nimbus_policy([])
+    first = status_patch(cached_np(bare), ["np-x"])
+    assert first is not None
+    bare["metadata"]["uid"] = "u2"
+    with pytest.raises(PatchTestFailed):  # also when neither has a status yet
+        apply(bare, first)
 
 
 def test_status_patch_for_every_shape_of_status() -> None:
@@ -237,7 +249,8 @@ def test_status_patch_for_every_shape_of_status() -> None:
     without status.status (required by the schema: added as Created, tested absent)."""
     absent = nimbus_policy([])
     patch = status_patch(cached_np(absent), ["np-a"])
-    assert patch == [{"op": "test", "path": "/status", "value": None},
+    assert patch == [{"op": "test", "path": "/metadata/uid", "value": "u1"},
+                     {"op": "test", "path": "/status", "value": None},
                      {"op": "add", "path": "/status", "value": {
                          "status": "Created", "numberOfAdapterPolicies": 1,
                          "adapterPolicies": ["KubeArmorPolicy/np-a"]}}]
@@ -247,7 +260,7 @@ def test_status_patch_for_every_shape_of_status() -> None:
     with pytest.raises(PatchTestFailed):  # the core wrote its status meanwhile: refused
         apply(with_status, patch)
     patch = status_patch(cached_np(with_status), ["np-a"])
-    assert patch is not None and patch[0] == {"op": "test", "path": "/status/adapterPolicies",
+    assert patch is not None and patch[1] == {"op": "test", "path": "/status/adapterPolicies",
                                               "value": None}
     written = apply(with_status, patch)["status"]
     assert written == {"status": "Pending", "numberOfAdapterPolicies": 1,
@@ -255,7 +268,7 @@ def test_status_patch_for_every_shape_of_status() -> None:
     empty = nimbus_policy([], {"status": "Created", "numberOfAdapterPolicies": 0,
                                "adapterPolicies": []})
     patch = status_patch(cached_np(empty), ["np-a"])
-    assert patch is not None and patch[0]["value"] == []  # [] is not absent to a test
+    assert patch is not None and patch[1]["value"] == []  # [] is not absent to a test
     assert status_patch(cached_np(empty), []) is None
     no_status_field = nimbus_policy([], {"numberOfAdapterPolicies": 0})
     patch = status_patch(cached_np(no_status_field), [])

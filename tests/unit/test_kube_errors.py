@@ -96,6 +96,23 @@ async def test_a_failed_json_patch_test_is_told_from_a_refusal(
     assert admission.causes == ("",) and not admission.stale
 
 
+async def test_a_webhooks_422_without_details_is_a_refusal_not_a_failed_test(
+        kube: tuple[KubeClient, respx.MockRouter]) -> None:
+    """A validating webhook's denial as kube-apiserver v1.35 passes it on (its code, reason and
+    message; no details at all): the same status and reason as a failed `test`, and no details
+    either. Retrying it on a fresh read would be three refused writes and two reads a
+    reconcile, counted as conflicts and never reported as a refusal."""
+    webhook = await refused(kube, httpx.Response(422, json=status(
+        422, "Invalid", 'admission webhook "deny.example.com" denied the request: status '
+        "writes are frozen")))
+    assert not webhook.patch_test_failed and not webhook.stale and not webhook.transient
+    # the same words without the API server's own shape are not a failed test either
+    told = await refused(kube, httpx.Response(422, json=status(
+        422, "Invalid", "the server rejected our request due to an error in our request",
+        name="np", kind="nimbuspolicies")))
+    assert not told.stale
+
+
 async def test_conflicts_and_other_409s(kube: tuple[KubeClient, respx.MockRouter]) -> None:
     conflict = await refused(kube, httpx.Response(409, json=status(
         409, "Conflict", "the object has been modified", name="np", kind="nimbuspolicies")))
@@ -260,3 +277,30 @@ async def test_a_watch_refused_at_the_start(kube: tuple[KubeClient, respx.MockRo
             async for _ in events:
                 pass
     assert error.value.gone
+
+
+# --- sent again when the server says when (--once's client) ----------------------------------
+
+
+@pytest.mark.parametrize(("method", "code", "retry_after", "sent"), [
+    ("GET", 429, "0", 3), ("PATCH", 429, "0", 3),  # refused before any handler ran
+    ("GET", 503, "0", 3),  # a read: nothing to land twice
+    ("PATCH", 503, "0", 1),  # a write answered 5xx may have landed: not sent again
+    ("GET", 429, None, 1),  # the server did not say when: the caller's backoff decides
+])
+async def test_a_request_the_server_asks_to_send_again_later(
+        kube: tuple[KubeClient, respx.MockRouter], method: str, code: int,
+        retry_after: str | None, sent: int) -> None:
+    client, router = kube
+    client.throttled_retries = 2
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    route = router.route(method=method, url=NP_URL + ("/status" if method == "PATCH" else "")
+                         ).mock(return_value=httpx.Response(code, json=status(code, "x"),
+                                                            headers=headers))
+    with pytest.raises(ApiError) as raised:
+        if method == "PATCH":
+            await client.patch(NIMBUS_POLICIES, "ns", "np", [], JSON_PATCH, "test",
+                               subresource="status")
+        else:
+            await client.get(NIMBUS_POLICIES, "ns", "np")
+    assert raised.value.status == code and route.call_count == sent
