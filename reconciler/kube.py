@@ -10,10 +10,8 @@ import email.utils
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
@@ -22,6 +20,7 @@ import attrs
 import httpx
 import kr8s
 
+from .inlinecredentials import remove_written_files
 from .jsondecode import ListItems, loads, loads_list
 from .names import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 from .tokenfile import TokenFile
@@ -206,17 +205,6 @@ def _as_api_errors() -> Any:
         raise converted from error
 
 
-def service_account_token(auth: Any) -> Path | None:
-    """The token file kr8s's credentials came from when it found no kubeconfig and took the
-    in-cluster configuration (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the
-    CA and token mounted at /var/run/secrets/kubernetes.io/serviceaccount); None otherwise.
-    kr8s says so only by the CA file it took from that directory."""
-    directory = getattr(auth, "_serviceaccount", None)
-    if directory and auth.server_ca_file == os.path.join(directory, "ca.crt"):
-        return Path(directory) / "token"
-    return None
-
-
 # Connections for short requests (LISTs, writes, Events, the Lease), besides one per stream
 # that stays open: httpx's own default pool size, which kr8s keeps.
 REQUEST_CONNECTIONS = 100
@@ -312,6 +300,7 @@ class KubeClient:
                 token = self.token_file.read()
             else:
                 await self.api.auth.reauthenticate()
+                remove_written_files(self.api.auth)  # the client made at the start is kept
                 token = self.api.auth.token
             if token:
                 self._use_token(token)

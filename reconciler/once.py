@@ -153,7 +153,7 @@ class OneShot:
             if api_error(error) is not None or isinstance(error, TimeoutError):
                 self.error = f"cannot reach the API server: {describe(error)}"
             else:  # kr8s reads the kubeconfig or the service account: what it raised is theirs
-                where = self.options.kubeconfig or "in-cluster, $KUBECONFIG or ~/.kube/config"
+                where = self.options.kubeconfig or "$KUBECONFIG, in-cluster or ~/.kube/config"
                 self.error = f"cannot load credentials ({where}): {describe(error)}"
             return None
 

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import kr8s.asyncio
 from prometheus_client import CollectorRegistry
 
+from reconciler.app import connect
 from reconciler.delegatedauth import ApiReviewer, DelegatedAuth
-from reconciler.kube import KubeClient
 from reconciler.metrics import Metrics
 from reconciler.server import Servers
 from reconciler.servingcerts import ServingCertificate
@@ -48,8 +47,7 @@ async def secure_metrics(kubeconfig: Path) -> AsyncIterator[str]:
     """The reconciler's /metrics listener, as the Manager serves it by default, in this test's
     event loop, with the reviewer it makes once connected as `kubeconfig`'s identity; its URL.
     (Served by the real process, with the default flags: test_least_privilege.py.)"""
-    api = await kr8s.asyncio.api(kubeconfig=str(kubeconfig))
-    reviewer = ApiReviewer(KubeClient(api))
+    reviewer = ApiReviewer(await connect(str(kubeconfig)))
     servers = Servers(Metrics(CollectorRegistry()).registry, lambda: [], "127.0.0.1:0", "0",
                       tls=ServingCertificate(None).listening, auth=DelegatedAuth(lambda: reviewer))
     await servers.start()
