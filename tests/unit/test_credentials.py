@@ -4,6 +4,9 @@ kr8s: tests/e2e/test_credentials.py; and what is left on disk of a kubeconfig's 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +17,7 @@ from reconciler.credentials import CredentialsError, find_source
 from reconciler.inlinecredentials import written_files
 from tests.kubelet import ServiceAccountVolume
 
+REPO = Path(__file__).resolve().parents[2]
 IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
 
@@ -103,3 +107,16 @@ def test_only_kr8s_copies_of_inline_data_are_removed(tmp_path: Path) -> None:
     auth._user["client-key"] = str(copy)  # named by the kubeconfig itself: kept
     assert written_files(auth) == []
 
+
+def test_the_controller_without_credentials_exits_1_saying_why(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.kubeconfig"
+    ran = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--kubeconfig", str(missing), "--log-format", "json",
+         "--metrics-bind-address=127.0.0.1:0", "--health-probe-bind-address=127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert ran.returncode == 1, ran.stderr
+    assert "Traceback" not in ran.stderr, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+    (failed,) = [line for line in lines if line["msg"] == "cannot load credentials"]
+    assert failed["level"] == "error"
+    assert failed["error"] == f"--kubeconfig {missing}: no such file"
