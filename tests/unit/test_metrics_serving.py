@@ -11,6 +11,7 @@ import asyncio
 import os
 import ssl
 import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -182,3 +183,43 @@ def test_which_certificate_the_options_give(tmp_path: Path) -> None:
     assert mounted is not None and mounted.files == (tmp_path / "cert.pem", tmp_path / "key.pem")
     assert metrics.registry.get_sample_value("certwatcher_read_certificate_total") == 1
     assert metrics.registry.get_sample_value("certwatcher_read_certificate_errors_total") == 0
+
+
+async def handshake(port: int, *, ciphers: str | None = None,
+                    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+                    maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> str:
+    """The TLS version and cipher a new connection to 127.0.0.1:`port` agrees on, as a client
+    offering only `ciphers` (TLS 1.2's) up to `maximum`; raises ssl.SSLError (or a reset) if
+    there is none."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version, context.maximum_version = minimum, maximum
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return f"{ssl_object.version()} {ssl_object.cipher()[0]}"
+    finally:
+        writer.close()
+
+
+async def test_tls_1_2_with_aead_ciphers_only_no_renegotiation(
+        secure: tuple[Servers, TableReviewer]) -> None:
+    """What a Go server (kube-apiserver, controller-runtime's metrics server) accepts, or less:
+    TLS 1.2 and 1.3; under 1.2 only forward-secret AEAD ciphers (Mozilla's intermediate list:
+    no CBC); no renegotiation (Go's server has none)."""
+    port = secure[0].bound[0][1]
+    assert (await handshake(port)).startswith("TLSv1.3 ")
+    tls12 = ssl.TLSVersion.TLSv1_2
+    assert await handshake(port, maximum=tls12) == "TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384"
+    assert await handshake(port, ciphers="ECDHE-ECDSA-CHACHA20-POLY1305", maximum=tls12) == \
+        "TLSv1.2 ECDHE-ECDSA-CHACHA20-POLY1305"
+    for cbc in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA"):
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):  # refused in the handshake
+            await handshake(port, ciphers=f"{cbc}:@SECLEVEL=0", maximum=tls12)
+    with pytest.raises((ssl.SSLError, ConnectionResetError)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1's name
+        await handshake(port, ciphers="DEFAULT:@SECLEVEL=0", minimum=ssl.TLSVersion.TLSv1_1,
+                        maximum=ssl.TLSVersion.TLSv1_1)
+    assert ServingCertificate(None).listening.options & ssl.OP_NO_RENEGOTIATION
