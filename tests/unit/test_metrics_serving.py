@@ -223,3 +223,78 @@ async def test_tls_1_2_with_aead_ciphers_only_no_renegotiation(
         await handshake(port, ciphers="DEFAULT:@SECLEVEL=0", minimum=ssl.TLSVersion.TLSv1_1,
                         maximum=ssl.TLSVersion.TLSv1_1)
     assert ServingCertificate(None).listening.options & ssl.OP_NO_RENEGOTIATION
+
+
+async def closed_by_the_server(reader: asyncio.StreamReader, within: float = 5) -> bool:
+    """Whether the server closes the connection (EOF or a reset) within `within` seconds,
+    the client having sent nothing."""
+    try:
+        async with asyncio.timeout(within):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_tls_connections_beyond_the_cap_are_closed_before_any_tls_state(
+        registry: CollectorRegistry) -> None:
+    """Each TLS connection costs the server about 300 KB before its handshake (asyncio's TLS
+    protocol keeps a 256 KB buffer per connection): 600 idle TCP connections, from anyone who
+    reaches the port, were 180 MB, an OOM kill under the Deployment's 192 Mi limit. So at most
+    `max_tls_connections` are open at once; one more is closed as soon as it is accepted, and
+    a place is free again once one closes."""
+    reviewer = TableReviewer()
+    servers = Servers(registry, lambda: [], "127.0.0.1:0", "127.0.0.1:0",
+                      tls=ServingCertificate(None).listening,
+                      auth=DelegatedAuth(lambda: reviewer, FakeClock()), max_tls_connections=3)
+    await servers.start()
+    port = servers.bound[0][1]
+    url = f"https://127.0.0.1:{port}/metrics"
+    headers = {"Authorization": "Bearer prometheus-token"}
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]  # no TLS
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_by_the_server(reader)
+        writer.close()
+        assert not any([await closed_by_the_server(r, within=0.2) for r, _ in held])
+        async with httpx.AsyncClient(verify=False, timeout=5) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get(url, headers=headers)
+            for _, holder in held:
+                holder.close()
+
+            async def scraped() -> bool:
+                try:
+                    return (await client.get(url, headers=headers)).status_code == 200
+                except httpx.TransportError:
+                    return False
+            await eventually(scraped, 5, "a scrape once the held connections are gone")
+        # the plain HTTP listener (the kubelet's probes) has no such cap
+        probes = [await asyncio.open_connection("127.0.0.1", servers.bound[1][1])
+                  for _ in range(5)]
+        assert not any([await closed_by_the_server(r, within=0.2) for r, _ in probes])
+        for _, holder in probes:
+            holder.close()
+    finally:
+        await servers.stop()
+
+
+async def test_idle_connections_are_closed(registry: CollectorRegistry) -> None:
+    """An idle connection (no request yet, or none since the last answer) is closed after
+    `idle_timeout` (90 s, controller-runtime's metrics server's IdleTimeout; aiohttp's own
+    default was an hour), on both listeners."""
+    servers = Servers(registry, lambda: [], "127.0.0.1:0", "127.0.0.1:0",
+                      tls=ServingCertificate(None).listening,
+                      auth=DelegatedAuth(lambda: TableReviewer(), FakeClock()), idle_timeout=0.5)
+    await servers.start()
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        tls_reader, _ = await asyncio.open_connection("127.0.0.1", servers.bound[0][1],
+                                                      ssl=context)
+        plain_reader, _ = await asyncio.open_connection("127.0.0.1", servers.bound[1][1])
+        assert await closed_by_the_server(tls_reader)
+        assert await closed_by_the_server(plain_reader)
+    finally:
+        await servers.stop()
