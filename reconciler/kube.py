@@ -213,15 +213,19 @@ OTHER_FILES = 100
 
 
 def allow_open_files(count: int) -> None:
-    """Raise the soft limit on open files to `count` if it is lower, up to the hard limit, as Go
-    programs (client-go's users) raise it at start: a container runtime may start us with 1024
-    (containerd 2 does), and 500 namespaces are 1000 watches, a connection each."""
+    """Raise the soft limit on open files to the hard limit, as a Go program (client-go's users)
+    does at start: a container runtime may start us with 1024 (containerd 2 does), 500
+    namespaces are 1000 watches, a connection each, and a few hundred idle connections to the
+    probe port (anyone who reaches the pod can open them) must not leave the controller none
+    to reach the API server with. Warns if the hard limit is under `count`, what the
+    connections may need."""
     soft, hard = getrlimit(RLIMIT_NOFILE)
-    if soft == RLIM_INFINITY or soft >= count:
-        return
-    new = count if hard == RLIM_INFINITY else min(count, hard)
-    setrlimit(RLIMIT_NOFILE, (new, hard))
-    if new < count:
+    if soft not in (RLIM_INFINITY, hard):
+        try:
+            setrlimit(RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an infinite hard limit is more than the kernel allows
+            setrlimit(RLIMIT_NOFILE, (max(soft, count), hard))
+    if hard != RLIM_INFINITY and hard < count:
         log.warning("the hard limit on open files is lower than the connections may need",
                     extra={"limit": hard, "needed": count})
 
