@@ -124,7 +124,7 @@ class SecretVolume:
 
 
 async def test_a_mounted_certificate_is_served_and_read_again_when_it_changes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, registry: CollectorRegistry) -> None:
     volume = SecretVolume(tmp_path)
     first, second, third = (self_signed_pem(name) for name in ("first", "second", "third"))
     volume.write(*first)
@@ -132,9 +132,10 @@ async def test_a_mounted_certificate_is_served_and_read_again_when_it_changes(
     certificate = ServingCertificate((tmp_path / "tls.crt", tmp_path / "tls.key"),
                                      poll_interval=0.02, loaded=lambda: reads.append(1),
                                      failed=lambda: errors.append(1))
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0,
-                                        ssl=certificate.listening)
-    port = server.sockets[0].getsockname()[1]
+    servers = Servers(registry, lambda: [], "127.0.0.1:0", "0", tls=certificate.listening,
+                      auth=DelegatedAuth(lambda: TableReviewer(), FakeClock()))
+    await servers.start()  # as the Manager serves it
+    port = servers.bound[0][1]
     watching = asyncio.create_task(certificate.watch())
     try:
         assert common_name(await served_certificate(port)) == "first"
@@ -153,8 +154,7 @@ async def test_a_mounted_certificate_is_served_and_read_again_when_it_changes(
         assert (len(reads), len(errors)) == (3, 1)
     finally:
         watching.cancel()
-        server.close()
-        await server.wait_closed()
+        await servers.stop()
 
 
 def test_a_missing_or_broken_certificate_stops_the_start(tmp_path: Path) -> None:
