@@ -63,12 +63,16 @@ async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
     # for one itself when the kubeconfig names no server.
     api = kr8s.asyncio.Api(bypass_factory=True, kubeconfig=source.kubeconfig, serviceaccount="")
     try:
-        await api  # reads the credentials, makes the HTTP client, asks for /version
+        await api.auth  # reads the credentials (kr8s writes its copies of inline data)
+        token_file = None if source.token_file is None else TokenFile(source.token_file,
+                                                                      clock or MonotonicClock())
+        client = KubeClient(api, token_file=token_file)
+        # The first request makes kr8s's HTTP client. (Not kr8s's own check of /version: it
+        # raises for statuses, re-reading the credentials three times on a 401.)
+        await client.server_version()
     finally:
         remove_written_files(api.auth)
-    token_file = None if source.token_file is None else TokenFile(source.token_file,
-                                                                  clock or MonotonicClock())
-    return KubeClient(api, token_file=token_file)
+    return client
 
 
 def metrics_certificate(options: RunOptions, metrics: Metrics) -> ServingCertificate | None:

@@ -48,6 +48,7 @@ KUBEARMOR_POLICIES = Resource(KUBEARMOR_GROUP, KUBEARMOR_VERSION, "kubearmorpoli
                               "KubeArmorPolicy")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+VERSION = Resource("", "", "", "Info")  # /version: no group, no version
 
 
 class ApiError(Exception):
@@ -303,8 +304,12 @@ class KubeClient:
             if self.token_file is not None:
                 token = self.token_file.read()
             else:
+                # kr8s's copies of the kubeconfig's inline data: the HTTP client has read them
+                # (a request was answered), and reading the kubeconfig again writes new ones
+                # over their names; the client made at the start is kept, so neither is needed.
+                remove_written_files(self.api.auth)
                 await self.api.auth.reauthenticate()
-                remove_written_files(self.api.auth)  # the client made at the start is kept
+                remove_written_files(self.api.auth)
                 token = self.api.auth.token
             if token:
                 self._use_token(token)
@@ -476,6 +481,11 @@ class KubeClient:
             if not error.not_found:
                 raise
             return None
+
+    async def server_version(self) -> Obj:
+        """The API server's /version (its build: gitVersion, ...)."""
+        body = await self._attempts("GET", VERSION, None, "", base="/version")
+        return await loads(body) if body else {}
 
     async def review(self, resource: Resource, body: Mapping[str, Any]) -> Obj:
         """POST a review (TokenReview, SubjectAccessReview) and return the answer with its

@@ -150,10 +150,13 @@ class OneShot:
                 return await connect(self.options.kubeconfig)
         except Exception as error:
             log.debug("could not connect", exc_info=True)
-            if api_error(error) is not None or isinstance(error, TimeoutError):
+            where = self.options.kubeconfig or "$KUBECONFIG, in-cluster or ~/.kube/config"
+            refused = api_error(error)
+            if refused is not None and refused.status in (401, 403):
+                self.error = f"the API server refused the credentials ({where}): {refused}"
+            elif refused is not None or isinstance(error, TimeoutError):
                 self.error = f"cannot reach the API server: {describe(error)}"
-            else:  # kr8s reads the kubeconfig or the service account: what it raised is theirs
-                where = self.options.kubeconfig or "$KUBECONFIG, in-cluster or ~/.kube/config"
+            else:  # reading the kubeconfig or the service account failed
                 self.error = f"cannot load credentials ({where}): {describe(error)}"
             return None
 

@@ -15,8 +15,8 @@ import pytest
 
 from reconciler.app import connect
 from reconciler.credentials import CredentialsError
-from reconciler.kube import NIMBUS_POLICIES
-from tests.controlplane.launcher import LocalControlPlane, free_port
+from reconciler.kube import NIMBUS_POLICIES, ApiError
+from tests.controlplane.launcher import LocalControlPlane, free_port, token_kubeconfig_yaml
 from tests.e2e.conftest import RECONCILER_USER, rbac_rules
 from tests.faultproxy import FaultProxy, Rule, Status
 from tests.kubelet import ServiceAccountVolume
@@ -51,11 +51,18 @@ async def test_no_copy_of_the_kubeconfigs_key_stays_on_disk(
         assert (await client.list(NIMBUS_POLICIES, namespace))["items"] == []
         assert refused.hits == 1
         assert written(scratch) == []
-    # A try at connecting that fails (nothing listens there) leaves nothing either.
+    # A try at connecting that fails (nothing listens there) leaves nothing either; nor one
+    # the API server refuses (kr8s's own /version check re-read the kubeconfig three times).
     unreachable = control_plane.identity_kubeconfig(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")
     with pytest.raises(Exception, match=r"(?i)connect"):
         await connect(str(unreachable))
+    assert written(scratch) == []
+    refused = scratch.parent / "refused.kubeconfig"
+    refused.write_text(token_kubeconfig_yaml(control_plane.server, control_plane.ca.cert_pem,
+                                             "nobody", "not-a-token"))
+    with pytest.raises(ApiError, match="401"):
+        await connect(str(refused))
     assert written(scratch) == []
 
 

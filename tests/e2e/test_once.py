@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, free_port, token_kubeconfig_yaml, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
 from tests.e2e.nimbus import (
     create_nimbus_policy,
@@ -157,8 +157,12 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
     garbage.write_text("{{{ not yaml")
     unreachable = control_plane.identity_kubeconfig(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")  # nothing listens there
+    refused = tmp_path / "refused.kubeconfig"
+    refused.write_text(token_kubeconfig_yaml(control_plane.server, control_plane.ca.cert_pem,
+                                             "nobody", "not-a-token"))
     cases = {
         tmp_path / "missing": f"kubeconfig {tmp_path / 'missing'}: no such file",
+        refused: f"the API server refused the credentials ({refused}): 401 Unauthorized",
         garbage: f"cannot load credentials ({garbage}): ParserError: while parsing",
         unreachable: "cannot reach the API server: ConnectError: ",
         reader: f"could not list kubearmorpolicies in {namespace}: 403 Forbidden: "
