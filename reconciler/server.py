@@ -29,6 +29,10 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 # A connection without a request for this long is closed (controller-runtime's metrics server's
 # IdleTimeout; aiohttp's own default is an hour), whether or not it ever sent one.
 IDLE_TIMEOUT = 90.0
+# At shutdown, requests under way get this long to finish, then are cancelled and get as long
+# again (aiohttp's two steps; its default is 60 s each): a scrape may be waiting up to 10 s for
+# its review, and the pod's grace period is 10 s for everything.
+SHUTDOWN_TIMEOUT = 1.0
 
 
 def protected(handler: Handler, auth: DelegatedAuth) -> Handler:
@@ -94,7 +98,8 @@ class Servers:
 
     async def start(self) -> None:
         for (host, port), app, tls in self._plan:
-            runner = web.AppRunner(app, access_log=None, keepalive_timeout=self._idle_timeout)
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=self._idle_timeout,
+                                   shutdown_timeout=SHUTDOWN_TIMEOUT)
             await runner.setup()
             self._runners.append(runner)
             if tls is not None:

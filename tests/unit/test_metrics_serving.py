@@ -15,6 +15,7 @@ import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import attrs
 import httpx
 import pytest
@@ -298,3 +299,26 @@ async def test_idle_connections_are_closed(registry: CollectorRegistry) -> None:
         assert await closed_by_the_server(plain_reader)
     finally:
         await servers.stop()
+
+
+async def test_stopping_does_not_wait_long_for_a_scrape_under_way(
+        registry: CollectorRegistry) -> None:
+    """A scrape waiting for its review (up to 10 s) when SIGTERM comes is given a moment, then
+    cut: the pod's grace period is 10 s for everything (aiohttp's own default waits a minute)."""
+    reviewer = TableReviewer()
+    reviewer.gate = anyio.Event()  # the API server does not answer the review
+    servers = Servers(registry, lambda: [], "127.0.0.1:0", "127.0.0.1:0",
+                      tls=ServingCertificate(None).listening,
+                      auth=DelegatedAuth(lambda: reviewer, FakeClock()))
+    await servers.start()
+    url = f"https://127.0.0.1:{servers.bound[0][1]}/metrics"
+    async with httpx.AsyncClient(verify=False, timeout=30) as client:
+        scrape = asyncio.create_task(
+            client.get(url, headers={"Authorization": "Bearer prometheus-token"}))
+        await eventually(lambda: reviewer.token_reviews, 5, "the scrape to wait for its review")
+        started = time.monotonic()
+        await servers.stop()
+        took = time.monotonic() - started
+        with pytest.raises(httpx.TransportError):
+            await scrape
+    assert took < 5, took  # half the grace period (it took a minute)
