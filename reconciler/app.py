@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 import kr8s.asyncio
 
@@ -70,6 +71,12 @@ async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
         # The first request makes kr8s's HTTP client. (Not kr8s's own check of /version: it
         # raises for statuses, re-reading the credentials three times on a 401.)
         await client.server_version()
+    except BaseException:
+        session = getattr(api, "_session", None)
+        if session is not None:  # its connection closed now, not when garbage is collected
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+        raise
     finally:
         remove_written_files(api.auth)
     return client

@@ -7,6 +7,7 @@ certificate and CA (temporary files it never removes) are gone once it has read 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -118,3 +119,21 @@ async def test_a_kubeconfig_named_but_missing_is_an_error_not_another_source(
     monkeypatch.setenv("KUBECONFIG", f"{missing}:{tmp_path / 'also-missing'}")
     with pytest.raises(CredentialsError, match=r"\$KUBECONFIG .*: none of its files exists"):
         await connect(None, serviceaccount=str(in_a_pod.directory))
+
+
+async def test_tries_at_connecting_that_fail_leave_no_connection_open(
+        control_plane: LocalControlPlane, tmp_path: Path) -> None:
+    """The Manager tries again every few seconds while the API server refuses the credentials:
+    each try's HTTP client is closed, not left to the garbage collector with its connection."""
+    refused = tmp_path / "refused.kubeconfig"
+    refused.write_text(token_kubeconfig_yaml(control_plane.server, control_plane.ca.cert_pem,
+                                             "nobody", "not-a-token"))
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    for _ in range(10):
+        with pytest.raises(ApiError, match="401"):
+            await connect(str(refused))
+    assert open_files() == before
