@@ -40,7 +40,6 @@ class Source:
     """Where the credentials come from: a kubeconfig (one path, or several joined by ':', as
     kr8s takes them), or the in-cluster configuration (`kubeconfig` a dict then)."""
     kubeconfig: str | dict[str, Any]
-    description: str
     token_file: Path | None = None  # in-cluster: the token the kubelet rotates
 
     @property
@@ -55,13 +54,13 @@ def find_source(flag: str | None, environ: Mapping[str, str] = os.environ,
     if flag:
         if not _is_file(flag):
             raise CredentialsError(f"--kubeconfig {flag}: no such file")
-        return Source(flag, f"--kubeconfig {flag}")
+        return Source(flag)
     listed = environ.get("KUBECONFIG", "")
     if listed:
         existing = [path for path in listed.split(":") if path and _is_file(path)]
         if not existing:
             raise CredentialsError(f"$KUBECONFIG {listed}: none of its files exists")
-        return Source(":".join(existing), f"$KUBECONFIG {listed}")
+        return Source(":".join(existing))
     in_cluster, why_not = _in_cluster(environ, serviceaccount)
     if in_cluster is not None:
         return in_cluster
@@ -69,7 +68,7 @@ def find_source(flag: str | None, environ: Mapping[str, str] = os.environ,
     if home_config.is_file():
         if why_not:
             log.info("not in a cluster", extra={"reason": why_not})
-        return Source(str(home_config), str(home_config))
+        return Source(str(home_config))
     raise CredentialsError(
         "no credentials: no --kubeconfig, no $KUBECONFIG, not in a cluster "
         f"({why_not}), no {home_config}")
@@ -106,4 +105,4 @@ def _in_cluster(environ: Mapping[str, str], serviceaccount: Path) -> tuple[Sourc
         "users": [{"name": "in-cluster", "user": {"token": token}}],
         "contexts": [{"name": "in-cluster",
                       "context": {"cluster": "in-cluster", "user": "in-cluster"}}]}
-    return Source(kubeconfig, f"in-cluster ({server}, {serviceaccount})", token_file), ""
+    return Source(kubeconfig, token_file), ""
