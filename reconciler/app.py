@@ -8,11 +8,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 import kr8s.asyncio
 
 from .clock import Clock, MonotonicClock
-from .kube import KubeClient, service_account_token
+from .credentials import SERVICE_ACCOUNT, find_source
+from .inlinecredentials import remove_written_files
+from .kube import KubeClient
 from .tokenfile import TokenFile
 
 if TYPE_CHECKING:
@@ -57,13 +60,34 @@ def process_registry() -> CollectorRegistry:
 
 async def connect(kubeconfig: str | None, *, serviceaccount: str | None = None,
                   clock: Clock | None = None, throttled_retries: int = 0) -> KubeClient:
-    """--kubeconfig, else $KUBECONFIG or ~/.kube/config, else the in-cluster configuration
-    (kr8s's order): the service account the kubelet mounts (`serviceaccount`: another directory,
-    for tests), its token read again every minute by `clock`. `throttled_retries`: KubeClient's."""
-    api = await kr8s.asyncio.api(kubeconfig=kubeconfig, serviceaccount=serviceaccount)
-    token = service_account_token(api.auth)
-    return KubeClient(api, token_file=TokenFile(token, clock or MonotonicClock())
-                      if token is not None else None, throttled_retries=throttled_retries)
+    """The API server, as credentials.py finds it (controller-runtime's order: --kubeconfig,
+    $KUBECONFIG, in-cluster, ~/.kube/config; `serviceaccount`: another directory than the
+    kubelet's, for tests); in a pod, the token read again every minute by `clock`.
+    `throttled_retries`: KubeClient's. Raises
+    CredentialsError when there is no source or the one named is missing."""
+    source = find_source(kubeconfig, serviceaccount=Path(serviceaccount) if serviceaccount
+                         else SERVICE_ACCOUNT)
+    # An Api of our own (kr8s's factory hands back one made earlier with the same arguments,
+    # whose client another user may be changing); serviceaccount "": kr8s must not go looking
+    # for one itself when the kubeconfig names no server.
+    api = kr8s.asyncio.Api(bypass_factory=True, kubeconfig=source.kubeconfig, serviceaccount="")
+    try:
+        await api.auth  # reads the credentials (kr8s writes its copies of inline data)
+        token_file = None if source.token_file is None else TokenFile(source.token_file,
+                                                                      clock or MonotonicClock())
+        client = KubeClient(api, token_file=token_file, throttled_retries=throttled_retries)
+        # The first request makes kr8s's HTTP client. (Not kr8s's own check of /version: it
+        # raises for statuses, re-reading the credentials three times on a 401.)
+        await client.server_version()
+    except BaseException:
+        session = getattr(api, "_session", None)
+        if session is not None:  # its connection closed now, not when garbage is collected
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+        raise
+    finally:
+        remove_written_files(api.auth)
+    return client
 
 
 def metrics_certificate(options: RunOptions, metrics: Metrics) -> ServingCertificate | None:

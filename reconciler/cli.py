@@ -86,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m reconciler",
         description="Reconciles Nimbus NimbusPolicies into KubeArmor KubeArmorPolicies.",
         epilog=ONCE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, or "
-                        "~/.kube/config if unset; where there is none, the in-cluster service "
-                        "account)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG; if unset, "
+                        "the in-cluster service account; outside a cluster, ~/.kube/config)")
     parser.add_argument("--once", action="store_true",
                         help="reconcile every NimbusPolicy once, print a summary and exit "
                              "(exit status below)")

@@ -36,8 +36,14 @@ SUBJECT_ACCESS_REVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessre
                                   "SubjectAccessReview")
 ALLOWED_TTL = 60.0
 DENIED_TTL = 10.0
-MAX_ENTRIES = 1024  # tokens and users remembered; the least recently used go first
+# Decisions remembered, of each kind (granted, refused); the least recently used go first.
+MAX_ENTRIES = 1024
 REVIEW_TIMEOUT = 10.0  # controller-runtime's TokenAccessReviewTimeout
+# Reviews under way at once; a scrape whose review would be one more waits for its turn (within
+# REVIEW_TIMEOUT). Anyone who reaches the port can make us post a review per made-up token: this
+# keeps them from taking the connections (and the API server's fair share of our identity) that
+# the controller's own requests and the Lease renewal need.
+MAX_REVIEWS_IN_FLIGHT = 10
 RETRY_DELAYS = (0.5, 0.75)  # after a transient failure (unreachable, 429, 5xx); then 500
 
 
@@ -96,28 +102,38 @@ class _Flight(Generic[V]):
 
 
 class DecisionCache(Generic[K, V]):
-    """Answers by key until they expire (`ttl(answer)` seconds); one computation per key at a
-    time. At most `max_entries`, the least recently used dropped first."""
+    """Answers by key until they expire; one computation per key at a time. Answers that
+    grant (`granted(answer)`) and those that refuse are kept apart, at most `max_entries` of
+    each, the least recently used dropped first: refusals by the thousand (a storm of made-up
+    tokens) push out only refusals, never the decision that lets a scraper in."""
 
-    def __init__(self, clock: Clock, ttl: Callable[[V], float], max_entries: int = MAX_ENTRIES
-                 ) -> None:
+    def __init__(self, clock: Clock, granted: Callable[[V], bool], granted_ttl: float,
+                 refused_ttl: float, max_entries: int = MAX_ENTRIES) -> None:
         self._clock = clock
-        self._ttl = ttl
+        self._granted = granted
+        self._ttl = {True: granted_ttl, False: refused_ttl}
         self._max = max_entries
-        # key -> (expires at, answer); ordered from least to most recently used
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        # by whether the answer grants: key -> (expires at, answer), from least to most
+        # recently used; a key is in one of the two at most
+        self._entries: dict[bool, OrderedDict[K, tuple[float, V]]] = {
+            True: OrderedDict(), False: OrderedDict()}
         self._flights: dict[K, _Flight[V]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in self._entries.values())
+
+    def remembered(self) -> list[K]:
+        return [key for entries in self._entries.values() for key in entries]
 
     async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
-        entry = self._entries.get(key)
-        if entry is not None:
+        for entries in self._entries.values():
+            entry = entries.get(key)
+            if entry is None:
+                continue
             if entry[0] > self._clock.now():
-                self._entries.move_to_end(key)
+                entries.move_to_end(key)
                 return entry[1]
-            del self._entries[key]
+            del entries[key]
         flight = self._flights.get(key)
         if flight is not None:
             await flight.done.wait()
@@ -135,9 +151,11 @@ class DecisionCache(Generic[K, V]):
             raise
         else:
             flight.value = value
-            self._entries[key] = (self._clock.now() + self._ttl(value), value)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            granted = self._granted(value)
+            entries = self._entries[granted]
+            entries[key] = (self._clock.now() + self._ttl[granted], value)
+            while len(entries) > self._max:
+                entries.popitem(last=False)
             return value
         finally:
             del self._flights[key]
@@ -153,9 +171,9 @@ class DelegatedAuth:
         self._reviewer = reviewer
         clock = clock or MonotonicClock()
         self.users: DecisionCache[bytes, User | None] = DecisionCache(
-            clock, lambda user: allowed_ttl if user is not None else denied_ttl)
+            clock, lambda user: user is not None, allowed_ttl, denied_ttl)
         self.permissions: DecisionCache[tuple[User, str, str], tuple[bool, str]] = DecisionCache(
-            clock, lambda answer: allowed_ttl if answer[0] else denied_ttl)
+            clock, lambda answer: answer[0], allowed_ttl, denied_ttl)
 
     async def check(self, authorization: str | None, verb: str, path: str) -> Decision:
         token = bearer_token(authorization)
@@ -188,13 +206,17 @@ class DelegatedAuth:
 
 class ApiReviewer:
     """Reviews posted to the API server as this process's own identity (it needs `create` on
-    tokenreviews and subjectaccessreviews: config/rbac/metrics_auth_role.yaml)."""
+    tokenreviews and subjectaccessreviews: config/rbac/metrics_auth_role.yaml), at most
+    `max_in_flight` at once."""
 
     def __init__(self, client: KubeClient, timeout: float = REVIEW_TIMEOUT,
-                 retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS,
+                 max_in_flight: int = MAX_REVIEWS_IN_FLIGHT) -> None:
         self.client = client
         self.timeout = timeout
         self.retry_delays = retry_delays
+        # Held for each request to the API server (not while waiting to retry).
+        self._in_flight = anyio.Semaphore(max_in_flight)
 
     async def authenticate(self, token: str) -> User | None:
         answer = await self._review(TOKEN_REVIEWS, {"spec": {"token": token}})
@@ -224,14 +246,15 @@ class ApiReviewer:
 
     async def _review(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
         """The API server's answer, tried again after a transient failure; all within
-        `timeout` seconds (a scrape waits for it)."""
+        `timeout` seconds (a scrape waits for it), the wait for a turn included."""
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
         deadline = anyio.current_time() + self.timeout
         for delay in (*self.retry_delays, None):
             remaining = deadline - anyio.current_time()
             try:
                 with anyio.fail_after(remaining):
-                    return await self.client.review(resource, body)
+                    async with self._in_flight:
+                        return await self.client.review(resource, body)
             except TimeoutError as silent:
                 raise ReviewFailed(f"{resource.kind}: no answer within {self.timeout:.0f}s") \
                     from silent

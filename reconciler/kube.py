@@ -10,10 +10,8 @@ import email.utils
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
@@ -22,6 +20,7 @@ import attrs
 import httpx
 import kr8s
 
+from .inlinecredentials import remove_written_files
 from .jsondecode import ListItems, loads, loads_list
 from .names import KUBEARMOR_GROUP, KUBEARMOR_VERSION, NIMBUS_GROUP, NIMBUS_VERSION
 from .tokenfile import TokenFile
@@ -52,6 +51,7 @@ KUBEARMOR_POLICIES = Resource(KUBEARMOR_GROUP, KUBEARMOR_VERSION, "kubearmorpoli
                               "KubeArmorPolicy")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+VERSION = Resource("", "", "", "Info")  # /version: no group, no version
 
 
 class ApiError(Exception):
@@ -223,17 +223,6 @@ def _as_api_errors() -> Any:
         raise converted from error
 
 
-def service_account_token(auth: Any) -> Path | None:
-    """The token file kr8s's credentials came from when it found no kubeconfig and took the
-    in-cluster configuration (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the
-    CA and token mounted at /var/run/secrets/kubernetes.io/serviceaccount); None otherwise.
-    kr8s says so only by the CA file it took from that directory."""
-    directory = getattr(auth, "_serviceaccount", None)
-    if directory and auth.server_ca_file == os.path.join(directory, "ca.crt"):
-        return Path(directory) / "token"
-    return None
-
-
 # Connections for short requests (LISTs, writes, Events, the Lease), besides one per stream
 # that stays open: httpx's own default pool size, which kr8s keeps.
 REQUEST_CONNECTIONS = 100
@@ -242,15 +231,19 @@ OTHER_FILES = 100
 
 
 def allow_open_files(count: int) -> None:
-    """Raise the soft limit on open files to `count` if it is lower, up to the hard limit, as Go
-    programs (client-go's users) raise it at start: a container runtime may start us with 1024
-    (containerd 2 does), and 500 namespaces are 1000 watches, a connection each."""
+    """Raise the soft limit on open files to the hard limit, as a Go program (client-go's users)
+    does at start: a container runtime may start us with 1024 (containerd 2 does), 500
+    namespaces are 1000 watches, a connection each, and a few hundred idle connections to the
+    probe port (anyone who reaches the pod can open them) must not leave the controller none
+    to reach the API server with. Warns if the hard limit is under `count`, what the
+    connections may need."""
     soft, hard = getrlimit(RLIMIT_NOFILE)
-    if soft == RLIM_INFINITY or soft >= count:
-        return
-    new = count if hard == RLIM_INFINITY else min(count, hard)
-    setrlimit(RLIMIT_NOFILE, (new, hard))
-    if new < count:
+    if soft not in (RLIM_INFINITY, hard):
+        try:
+            setrlimit(RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an infinite hard limit is more than the kernel allows
+            setrlimit(RLIMIT_NOFILE, (max(soft, count), hard))
+    if hard != RLIM_INFINITY and hard < count:
         log.warning("the hard limit on open files is lower than the connections may need",
                     extra={"limit": hard, "needed": count})
 
@@ -346,7 +339,12 @@ class KubeClient:
             if self.token_file is not None:
                 token = self.token_file.read()
             else:
+                # kr8s's copies of the kubeconfig's inline data: the HTTP client has read them
+                # (a request was answered), and reading the kubeconfig again writes new ones
+                # over their names; the client made at the start is kept, so neither is needed.
+                remove_written_files(self.api.auth)
                 await self.api.auth.reauthenticate()
+                remove_written_files(self.api.auth)
                 token = self.api.auth.token
             if token:
                 self._use_token(token)
@@ -533,6 +531,11 @@ class KubeClient:
             if not error.not_found:
                 raise
             return None
+
+    async def server_version(self) -> Obj:
+        """The API server's /version (its build: gitVersion, ...)."""
+        body = await self._attempts("GET", VERSION, None, "", base="/version")
+        return await loads(body) if body else {}
 
     async def review(self, resource: Resource, body: Mapping[str, Any]) -> Obj:
         """POST a review (TokenReview, SubjectAccessReview) and return the answer with its

@@ -24,7 +24,9 @@ Shutdown, on SIGTERM or SIGINT, in this order (further signals meanwhile are onl
   5. the HTTP server stops (and with it the watch on a mounted metrics certificate).
 
 Losing the Lease cancels everything at once and the process exits 1 (the pod restarts as a
-standby rather than write without the Lease), as controller-runtime does.
+standby rather than write without the Lease), as controller-runtime does. So does credentials
+that cannot be loaded (no source, a kubeconfig named but missing or malformed): logged in one
+line, not tried again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Manager:
         self.controller: Controller | None = None  # once connected
         self.elector: LeaderElector | None = None
         self.leadership_lost = False
+        self.credentials_failed = False
         self._controller_scope = anyio.CancelScope()
         self._controller_done = anyio.Event()
         self._renewal_stopped = anyio.Event()
@@ -108,10 +111,18 @@ class Manager:
         finally:
             await self.servers.stop()
         log.info("stopped", extra={"leadership_lost": self.leadership_lost})
-        return 1 if self.leadership_lost else 0
+        return 1 if self.leadership_lost or self.credentials_failed else 0
 
     async def _start(self, everything: anyio.CancelScope) -> None:
-        client = await self._connected()
+        try:
+            client = await self._connected()
+        except Exception as failure:  # not the API server's: nothing to try again
+            log.error("cannot load credentials", exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra={"error": str(failure) or type(failure).__name__,
+                             "type": type(failure).__name__})
+            self.credentials_failed = True
+            everything.cancel()
+            return
         self.reviewer = ApiReviewer(client)
         self.controller = Controller(client, self.metrics, self.config)
         if self.leader_election is not None:
@@ -136,7 +147,7 @@ class Manager:
             except Exception as failure:
                 if api_error(failure) is None and \
                         not isinstance(failure, TimeoutError | kr8s.ServerError):
-                    raise  # unreadable credentials, a bad kubeconfig: no use trying again
+                    raise  # no credentials, a bad kubeconfig: no use trying again
                 delay = backoff.next_delay()
                 log.warning("cannot reach the API server, retrying", extra={
                     "error": str(api_error(failure) or failure), "retry_in_s": round(delay, 2)})

@@ -180,13 +180,13 @@ class OneShot:
                                      throttled_retries=THROTTLED_RETRIES)
         except Exception as error:
             log.debug("could not connect", exc_info=True)
-            answer = api_error(error)
-            where = self.options.kubeconfig or "in-cluster, $KUBECONFIG or ~/.kube/config"
-            if answer is not None and answer.status in (401, 403):
-                self.error = f"the API server refused the credentials ({where}): {answer}"
-            elif answer is not None or isinstance(error, TimeoutError):
+            where = self.options.kubeconfig or "$KUBECONFIG, in-cluster or ~/.kube/config"
+            refused = api_error(error)
+            if refused is not None and refused.status in (401, 403):
+                self.error = f"the API server refused the credentials ({where}): {refused}"
+            elif refused is not None or isinstance(error, TimeoutError):
                 self.error = f"cannot reach the API server: {describe(error)}"
-            else:  # kr8s reads the kubeconfig or the service account: what it raised is theirs
+            else:  # reading the kubeconfig or the service account failed
                 self.error = f"cannot load credentials ({where}): {describe(error)}"
             return None
 

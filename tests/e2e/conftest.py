@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import kr8s.asyncio
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from reconciler.app import connect
 from reconciler.controller import Controller, ControllerConfig
-from reconciler.kube import KubeClient
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
 from tests.waiting import eventually
@@ -106,9 +105,9 @@ class RunningReconciler:
 
     async def start_unsynced(self) -> None:
         """Start it without waiting for its caches to list."""
-        api = await kr8s.asyncio.api(kubeconfig=str(self.kubeconfig))
+        client = await connect(str(self.kubeconfig))  # (leaves no copy of the key in /tmp)
         self.metrics = Metrics(CollectorRegistry())
-        self.controller = Controller(KubeClient(api), self.metrics, self.config)
+        self.controller = Controller(client, self.metrics, self.config)
         self._task = asyncio.create_task(self.controller.run())
 
     async def stop(self) -> None:

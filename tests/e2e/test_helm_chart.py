@@ -143,6 +143,11 @@ def test_lint_and_the_values_schema(helm: Helm) -> None:
                        (["--set", "replica=3"], "replica"),  # a typo, not silently ignored
                        (["--set", "namespaces={Not_A_Namespace}"], "namespaces"),
                        (["--set", "extraArgs={resync-period=5m}"], "extraArgs"),
+                       # the Role names the Lease and its namespace; the reviews' ClusterRole
+                       # follows metricsSecure: as extra flags they would be refused (403)
+                       (["--set", "extraArgs={--leader-election-id=mine}"], "extraArgs"),
+                       (["--set", "extraArgs={--leader-election-namespace=other}"], "extraArgs"),
+                       (["--set", "extraArgs={--metrics-secure=false}"], "extraArgs"),
                        (["--set", "serviceAccount.create=false"], "serviceAccount.name"),
                        # two replicas reconciling at once
                        (["--set", "replicas=2", "--set", "leaderElection.enabled=false"],
@@ -153,7 +158,8 @@ def test_lint_and_the_values_schema(helm: Helm) -> None:
         refused = helm("template", RELEASE, CHART, *bad, check=False)
         assert refused.returncode != 0 and field in refused.stderr, (bad, refused.stderr)
     for good in (["--set", "replicas=1", "--set", "leaderElection.enabled=false"],
-                 ["--set", "replicas=0", "--set", "leaderElection.enabled=false"]):
+                 ["--set", "replicas=0", "--set", "leaderElection.enabled=false"],
+                 ["--set", "extraArgs={--resync-period=5m,--leader-elect-lease-duration=30s}"]):
         helm("template", RELEASE, CHART, *good)
 
 

@@ -7,7 +7,7 @@ config/rbac binds). It converges the samples, answers the probes, serves metrics
 cleanly on SIGTERM. (The host's network: the API server listens on 127.0.0.1; the listeners the
 args name move to 127.0.0.1 and free ports.)
 
-The image has no kubeconfig, so kr8s takes the in-cluster path: the server from
+No --kubeconfig and no $KUBECONFIG, so the in-cluster configuration is taken: the server from
 KUBERNETES_SERVICE_HOST/PORT, verified with the mounted ca.crt alone (the control plane's CA is
 a throwaway one), the mounted token; the audit log shows every request made with it."""
 

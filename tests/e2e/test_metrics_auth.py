@@ -15,12 +15,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
-import kr8s.asyncio
 from prometheus_client import CollectorRegistry
 
-from reconciler.delegatedauth import ApiReviewer, DelegatedAuth
-from reconciler.kube import KubeClient
+from reconciler.app import connect
+from reconciler.delegatedauth import MAX_REVIEWS_IN_FLIGHT, ApiReviewer, DelegatedAuth, User
+from reconciler.kube import NIMBUS_POLICIES, REQUEST_CONNECTIONS
 from reconciler.metrics import Metrics
 from reconciler.server import Servers
 from reconciler.servingcerts import ServingCertificate
@@ -31,7 +32,8 @@ from tests.e2e.conftest import (
     metrics_reader_token,
     rbac_rules,
 )
-from tests.faultproxy import FaultProxy, Reset, Rule, Status
+from tests.faultproxy import FaultProxy, Reset, Rule, Stall, Status
+from tests.waiting import eventually
 
 REVIEWS = {"tokenreviews", "subjectaccessreviews"}
 
@@ -48,8 +50,7 @@ async def secure_metrics(kubeconfig: Path) -> AsyncIterator[str]:
     """The reconciler's /metrics listener, as the Manager serves it by default, in this test's
     event loop, with the reviewer it makes once connected as `kubeconfig`'s identity; its URL.
     (Served by the real process, with the default flags: test_least_privilege.py.)"""
-    api = await kr8s.asyncio.api(kubeconfig=str(kubeconfig))
-    reviewer = ApiReviewer(KubeClient(api))
+    reviewer = ApiReviewer(await connect(str(kubeconfig)))
     servers = Servers(Metrics(CollectorRegistry()).registry, lambda: [], "127.0.0.1:0", "0",
                       tls=ServingCertificate(None).listening, auth=DelegatedAuth(lambda: reviewer))
     await servers.start()
@@ -130,6 +131,52 @@ async def test_without_the_metrics_auth_role_every_scrape_fails_closed(
     assert (answer.status_code, answer.text) == (500, "Authentication failed\n")
     assert any('cannot create resource \"tokenreviews\"' in getattr(r, "error", "")
                for r in logged), [r.__dict__ for r in logged]
+
+
+async def test_a_storm_of_made_up_tokens_leaves_the_controller_its_connections(
+        control_plane: LocalControlPlane, namespace: str, reconciler_kubeconfig: Path) -> None:
+    """Anyone who reaches the metrics port can make the reconciler post a TokenReview per
+    made-up token. With the API server slow to answer them (here held by the proxy: a webhook
+    token authenticator behind TokenReview may be), at most MAX_REVIEWS_IN_FLIGHT are under way
+    at once, so the controller's own requests (a LIST here; a Lease renewal alike) still get a
+    connection at once instead of queueing behind a hundred reviews for the pool's timeout."""
+    grant_metrics_auth(control_plane)
+    with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as proxy:
+        client = await connect(str(control_plane.identity_kubeconfig(RECONCILER_USER,
+                                                                     server=proxy.url)))
+        reviewer = ApiReviewer(client)
+        asked: list[str] = []
+
+        class Counting:
+            """The reviewer, counting who asked it to authenticate."""
+            async def authenticate(self, token: str) -> User | None:
+                asked.append(token)
+                return await reviewer.authenticate(token)
+
+            async def authorize(self, user: User, verb: str, path: str) -> tuple[bool, str]:
+                return await reviewer.authorize(user, verb, path)
+
+        counting = Counting()
+        auth = DelegatedAuth(lambda: counting)
+        held = proxy.add(Rule(Stall(), method="POST", path=r"/tokenreviews$"))
+        answers: list[int] = []
+        storm = REQUEST_CONNECTIONS + 20
+
+        async def scrape(token: str) -> None:
+            answers.append((await auth.check(f"Bearer {token}", "get", "/metrics")).status)
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(storm):
+                tasks.start_soon(scrape, f"made-up-{index}")
+            await eventually(lambda: len(asked) == storm and held.hits >= MAX_REVIEWS_IN_FLIGHT,
+                             10, "every scrape to ask for a review, and the first to be sent")
+            with anyio.fail_after(5):
+                page = await client.list(NIMBUS_POLICIES, namespace)
+            assert page["items"] == []
+            assert held.hits == MAX_REVIEWS_IN_FLIGHT
+            held.release()
+        assert answers == [401] * storm
+        assert len(proxy.requests(path=r"/tokenreviews$")) == storm
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
+from tests.controlplane.launcher import LocalControlPlane, free_port, token_kubeconfig_yaml, wait_for
 from tests.e2e.conftest import RECONCILER_USER, eventually, writes_by
 from tests.e2e.nimbus import (
     create_nimbus_policy,
@@ -169,9 +169,13 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
         RECONCILER_USER, server=f"https://127.0.0.1:{free_port()}")  # nothing listens there
     too_long = tmp_path / ("k" * 300)  # a name over 255 bytes: the check itself fails
     bad_token = with_token(reconciler_kubeconfig, tmp_path / "bad-token.kubeconfig")
+    refused = tmp_path / "refused.kubeconfig"
+    refused.write_text(token_kubeconfig_yaml(control_plane.server, control_plane.ca.cert_pem,
+                                             "nobody", "not-a-token"))
     cases = {
         tmp_path / "missing": f"kubeconfig {tmp_path / 'missing'}: no such file",
         too_long: f"kubeconfig {too_long}: File name too long",
+        refused: f"the API server refused the credentials ({refused}): 401 Unauthorized",
         garbage: f"cannot load credentials ({garbage}): ParserError: while parsing",
         unreachable: "cannot reach the API server: ConnectError: ",
         bad_token: f"the API server refused the credentials ({bad_token}): 401 Unauthorized",

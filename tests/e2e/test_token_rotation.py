@@ -1,5 +1,5 @@
-"""In a pod: the in-cluster configuration (kr8s finds no kubeconfig, takes the service account the
-kubelet mounts) and a bound token the kubelet rotates. The token file is read again about every
+"""In a pod: the in-cluster configuration (no kubeconfig: the service account the kubelet
+mounts) and a bound token the kubelet rotates. The token file is read again about every
 minute, as client-go does, so the rotated token is in use before the old one is revoked: the API
 server refuses nothing, and the watches opened with the old token go on."""
 
@@ -47,7 +47,8 @@ async def test_a_rotated_token_is_in_use_within_a_minute_so_revoking_the_old_one
     # As in a pod: the Service's address in the environment, no kubeconfig anywhere.
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(control_plane.apiserver_port))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
     clock = FakeClock()
     client = await connect(None, serviceaccount=str(volume.directory), clock=clock)
     assert client.token_file is not None and client.token_file.path == volume.token_path

@@ -12,6 +12,7 @@ from reconciler.clock import FakeClock
 from reconciler.delegatedauth import (
     ALLOWED_TTL,
     DENIED_TTL,
+    MAX_ENTRIES,
     DecisionCache,
     DelegatedAuth,
     ReviewFailed,
@@ -194,7 +195,7 @@ async def test_waiters_on_a_failed_review_fail_too(
 
 
 async def test_a_cancelled_review_leaves_no_one_waiting(clock: FakeClock) -> None:
-    cache: DecisionCache[str, int] = DecisionCache(clock, lambda _: 60.0)
+    cache: DecisionCache[str, int] = DecisionCache(clock, lambda _: True, 60.0, 60.0)
     never = anyio.Event()
 
     async def forever() -> int:
@@ -225,7 +226,7 @@ async def _value(value: int) -> int:
 
 
 async def test_the_cache_keeps_at_most_max_entries(clock: FakeClock) -> None:
-    cache: DecisionCache[int, int] = DecisionCache(clock, lambda _: 60.0, max_entries=3)
+    cache: DecisionCache[int, int] = DecisionCache(clock, lambda _: True, 60.0, 60.0, max_entries=3)
     for key in range(3):
         await cache.get(key, lambda k=key: _value(k))  # type: ignore[misc]
     await cache.get(0, lambda: _value(-1))  # used: 1 is now the least recently used
@@ -238,4 +239,17 @@ async def test_the_cache_keeps_at_most_max_entries(clock: FakeClock) -> None:
 async def test_tokens_are_kept_only_as_digests(auth: DelegatedAuth) -> None:
     assert (await check(auth, "prometheus-token"))[0] == 200
     assert all(isinstance(key, bytes) and b"prometheus-token" not in key
-               for key in auth.users._entries)
+               for key in auth.users.remembered())
+
+
+async def test_a_storm_of_made_up_tokens_does_not_push_out_the_scrapers_decision(
+        auth: DelegatedAuth, reviewer: TableReviewer) -> None:
+    """Refusals are kept apart from the decisions that let someone in, each bounded: tokens
+    made up by the thousand push out only each other, and Prometheus goes on scraping on its
+    cached decision (not waiting behind them for a review of its own)."""
+    assert (await check(auth, "prometheus-token"))[0] == 200
+    for index in range(3 * MAX_ENTRIES):
+        assert (await check(auth, f"made-up-{index}"))[0] == 401
+    assert (await check(auth, "prometheus-token"))[0] == 200
+    assert reviewer.token_reviews.count("prometheus-token") == 1
+    assert len(auth.users) <= 2 * MAX_ENTRIES

@@ -7,6 +7,9 @@ details), and what the controller decides from each (retry, re-read, report, giv
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ import pytest
 import respx
 
 from reconciler.kube import JSON_PATCH, NIMBUS_POLICIES, ApiError, KubeClient
+
+REPO = Path(__file__).resolve().parents[2]
 
 # marked here, not only by conftest at collection, so that parametrize and anyio combine
 pytestmark = pytest.mark.anyio
@@ -304,3 +309,24 @@ async def test_a_request_the_server_asks_to_send_again_later(
         else:
             await client.get(NIMBUS_POLICIES, "ns", "np")
     assert raised.value.status == code and route.call_count == sent
+
+
+def test_the_soft_limit_on_open_files_is_raised_to_the_hard_one_as_go_does() -> None:
+    """A Go program (client-go's, controller-runtime's users) raises its soft limit on open files
+    to the hard one at start. Raised only to what the connections need, a container started with
+    1024 (containerd 2) stayed at 1024, and a few hundred idle connections to the probe port
+    (plain HTTP, 5 KB each: cheap for anyone who reaches the pod) left the controller none to
+    reach the API server with."""
+    script = ("import resource\n"
+              "from reconciler.kube import allow_open_files\n"
+              "allow_open_files(300)\n"
+              "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+
+    def run(soft: int, hard: int) -> str:
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True, preexec_fn=limit, cwd=REPO).stdout.strip()
+
+    assert run(256, 4096) == "4096 4096"
+    assert run(200, 250) == "250 250"  # less than needed: all there is (and a warning)

@@ -1,6 +1,5 @@
-"""The token file read again on schedule (client-go's cached file token source), and kr8s's
-in-cluster configuration recognised (tests/e2e/test_token_rotation.py runs both on the real API
-server)."""
+"""The token file read again on schedule (client-go's cached file token source);
+tests/e2e/test_token_rotation.py runs it on the real API server."""
 
 from __future__ import annotations
 
@@ -8,12 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from kr8s._auth import KubeAuth
 
 from reconciler.clock import FakeClock
-from reconciler.kube import service_account_token
 from reconciler.tokenfile import REREAD_AFTER, TokenFile
-from tests.controlplane.launcher import token_kubeconfig_yaml
 from tests.kubelet import ServiceAccountVolume
 
 
@@ -65,25 +61,6 @@ def test_a_failed_read_keeps_the_token_logs_once_and_is_tried_at_the_next_reques
 
 def test_no_token_before_any_read_succeeded(tmp_path: Path) -> None:
     assert TokenFile(tmp_path / "missing", FakeClock()).token() is None
-
-
-async def test_kr8s_in_cluster_configuration_is_recognised_by_its_token_file(
-        volume: ServiceAccountVolume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    in_cluster = KubeAuth(kubeconfig=str(tmp_path / "none"), serviceaccount=str(volume.directory))
-    await in_cluster.reauthenticate()
-    assert (in_cluster.server, in_cluster.token) == ("https://10.96.0.1:443", "first")
-    assert in_cluster.server_ca_file == str(volume.directory / "ca.crt")
-    assert service_account_token(in_cluster) == volume.token_path
-
-    # A kubeconfig, where there is one, comes first (kr8s's order): no token file then.
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(token_kubeconfig_yaml("https://127.0.0.1:6443", b"CA", "someone", "t"))
-    from_kubeconfig = KubeAuth(kubeconfig=str(kubeconfig), serviceaccount=str(volume.directory))
-    await from_kubeconfig.reauthenticate()
-    assert from_kubeconfig.server == "https://127.0.0.1:6443"
-    assert service_account_token(from_kubeconfig) is None
 
 
 def test_the_test_volume_is_laid_out_as_the_kubelet_lays_it(tmp_path: Path) -> None:
