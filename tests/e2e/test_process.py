@@ -126,7 +126,12 @@ async def test_controller_process_probes_metrics_and_sigterm(
         async def converged() -> bool:
             return len(await policy_names(api, namespace)) == 3
         await eventually(converged, what="the process to create three policies")
-        scrape = process.metrics()
+        # the reconcile that created them ends (its status written, its time observed) after
+        # they exist
+        scrape = await eventually(
+            lambda: (text := process.metrics()) and re.search(r'result="success"} [1-9]', text)
+            and text,
+            what="the reconcile to be counted")
         for name in ("workqueue_depth", "workqueue_adds_total", "workqueue_queue_duration_seconds",
                      "workqueue_work_duration_seconds", "workqueue_unfinished_work_seconds",
                      "workqueue_longest_running_processor_seconds", "workqueue_retries_total",
