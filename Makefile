@@ -30,6 +30,8 @@ UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' uv-requirements.txt)
 UV_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nimbus-kubearmor/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
+# the image test exports uv.lock as the Dockerfile does (tests/image/locked.py)
+export NIMBUS_KUBEARMOR_UV := $(UV)
 
 $(UV):
 	@echo ">> installing uv $(UV_VERSION) into $(UV_HOME) (once)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +24,14 @@ from typing import Any
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.controlplane.launcher import LocalControlPlane, free_port, wait_for
-from tests.e2e.conftest import metrics_reader_token
+from tests.e2e.conftest import REPO, metrics_reader_token
 from tests.e2e.test_helm_chart import _apply_samples, _samples_converged, samples
 from tests.e2e.test_manifests import api_path, kustomize
 from tests.image.build import image_under_test
+from tests.image.locked import locked_runtime_versions
 from tests.image.tool import ContainerTool, ContainerToolError
 from tests.kubelet import MOUNT_PATH, ServiceAccountVolume
 
@@ -276,6 +279,14 @@ def test_the_image_runs_as_the_deployment_runs_it_with_the_in_cluster_configurat
         assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
         assert podman.run("exec", container.name, "touch", "/opt/x", check=False).returncode != 0
 
+        # Exactly the versions uv.lock pins for the image's python, the project's own, and
+        # nothing to install with.
+        installed, environment = _installed_in(podman, container.name)
+        assert "pip" not in installed and "setuptools" not in installed, sorted(installed)
+        assert installed.pop("nimbus-kubearmor") == tomllib.loads(
+            (REPO / "pyproject.toml").read_text())["project"]["version"]
+        assert installed == locked_runtime_versions(tmp_path / "requirements.txt", environment)
+
         # The probes the kubelet would send, and the metrics.
         for kind in ("livenessProbe", "readinessProbe"):
             probe = deployed.container[kind]["httpGet"]
@@ -301,6 +312,31 @@ def test_the_image_runs_as_the_deployment_runs_it_with_the_in_cluster_configurat
         assert "released the lease" in log
     finally:
         container.remove()
+
+
+_INSTALLED = """
+import importlib.metadata as m, json, os, platform, sys
+print(json.dumps({
+    "installed": {d.metadata["Name"]: d.version for d in m.distributions()},
+    # packaging's marker environment, as pip evaluates markers in this interpreter
+    "environment": {
+        "implementation_name": sys.implementation.name,
+        "implementation_version": platform.python_version(),
+        "os_name": os.name, "platform_machine": platform.machine(),
+        "platform_python_implementation": platform.python_implementation(),
+        "platform_release": platform.release(), "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform}}))
+"""
+
+
+def _installed_in(podman: ContainerTool, container: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Every distribution in the container's python environment, and its marker environment."""
+    found = json.loads(podman.run("exec", container, "python", "-c", _INSTALLED).stdout)
+    return ({canonicalize_name(name): version for name, version in found["installed"].items()},
+            found["environment"])
 
 
 def _wait_ready(container: Container, timeout: float = 60) -> None:
