@@ -466,12 +466,13 @@ async def _more(bench: Bench, n: float) -> bool:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    """BENCH_SCALE (default 1000) for every figure: the floor on a fresh control plane, then
+    """BENCH_SCALE (default 1000) for every figure, BENCH_SAMPLES latencies of each kind (default
+    100, 20 with --quick): the floor on a fresh control plane, then
     the reconciler on another; then, on a third, the memory run at BENCH_MEMORY_SCALE (default
     5000; 0 skips it; skipped with --quick)."""
     scale = int(os.environ.get("BENCH_SCALE", "100" if quick else "1000"))
     memory_scale = 0 if quick else int(os.environ.get("BENCH_MEMORY_SCALE", "5000"))
-    samples = 20 if quick else 100
+    samples = int(os.environ.get("BENCH_SAMPLES", "20" if quick else "100"))
     with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
         results: dict[str, float] = asyncio.run(measure_floor(cp, scale))
     with LocalControlPlane(build(log=sys.stdout), log=sys.stdout) as cp:
