@@ -107,14 +107,14 @@ async def test_a_policy_that_lost_our_label_is_still_deleted_with_its_rule(
 
 async def test_per_key_state_goes_with_its_nimbus_policy(
         api: httpx.AsyncClient, namespace: str, reconciler: RunningReconciler) -> None:
-    """2,000 NimbusPolicies created and deleted at once, many of them deleted while their
+    """600 NimbusPolicies created and deleted at once, many of them deleted while their
     reconcile is under way: afterwards nothing is remembered of any of them."""
     controller = reconciler.controller
     assert controller is not None
     start = controller.states.sizes()
     binding = await create_binding(api, namespace, "many", ["dnsManipulation"])
     limit = asyncio.Semaphore(24)
-    count = 2000
+    count = 600
 
     async def create_and_delete(i: int) -> None:
         async with limit:
