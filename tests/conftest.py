@@ -25,9 +25,18 @@ def anyio_backend() -> str:
     return "asyncio"  # kr8s, httpx and aiohttp all run on asyncio
 
 
+# End-to-end tests whose subject is the same on every Kubernetes release (the test harness, the
+# benchmarks, the dashboards, our own event loop and connection pool, the perturbation harness):
+# `.ci/run` runs them on the newest only, the rest again on the oldest.
+ONE_VERSION = {"test_bench_smoke", "test_big_policy", "test_controlplane", "test_demo",
+               "test_many_namespaces", "test_prometheus", "test_sieve", "test_soak"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if inspect.iscoroutinefunction(getattr(item, "function", None)):
             item.add_marker(pytest.mark.anyio)
         if "control_plane" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+            if item.path.stem in ONE_VERSION:
+                item.add_marker(pytest.mark.one_version)
