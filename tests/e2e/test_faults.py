@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -57,7 +58,12 @@ async def outage(control_plane: LocalControlPlane, namespace: str,
     at once: on SIGTERM it hangs in its HTTP server's shutdown (the launcher's 3 s grace, then
     SIGKILL), and to the reconciler an outage is an outage. What makes the reconciler slow to
     come back is how long it lasted (its backoff doubles meanwhile), so it lasts no longer than
-    the changes and the first server's restart take."""
+    the changes and the first server's restart take.
+    A restarted kube-apiserver answers /readyz a moment before its RBAC cache has the
+    reconciler's ClusterRoleBinding: a watch in that moment is refused 403, which makes the
+    reconciler relist for that reason instead of the one under test. A long outage made such an
+    early retry unlikely; here the reconciler is held (SIGSTOP) while the first server restarts,
+    and let go once the server authorizes it: to it, that is a backoff that ended just then."""
     port = await second
     control_plane.stop_apiserver(grace=0)
     wait_for(lambda: not reconciler.ready(), 30, "/readyz to report the lost watches")
@@ -72,7 +78,29 @@ async def outage(control_plane: LocalControlPlane, namespace: str,
     if compact:
         control_plane.etcd_compact()
     control_plane.stop_apiserver(grace=0, name="kube-apiserver-2")
-    control_plane.start_apiserver()
+    os.kill(reconciler.pid, signal.SIGSTOP)
+    try:
+        control_plane.start_apiserver()
+        wait_for(lambda: authorized(control_plane, namespace), 30,
+                 "the restarted API server to authorize the reconciler")
+    finally:
+        os.kill(reconciler.pid, signal.SIGCONT)
+
+
+def authorized(control_plane: LocalControlPlane, namespace: str) -> bool:
+    """Whether the API server lets the reconciler watch both resources in `namespace` (asked
+    by the admin with a SubjectAccessReview: no request of the reconciler's is logged)."""
+    with control_plane.client() as client:
+        for group, resource in (("security.kubearmor.com", "kubearmorpolicies"),
+                                ("intent.security.nimbus.com", "nimbuspolicies")):
+            review = client.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", json={
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": RECONCILER_USER, "resourceAttributes": {
+                    "namespace": namespace, "verb": "watch", "group": group,
+                    "resource": resource}}})
+            if not review.json().get("status", {}).get("allowed"):
+                return False
+    return True
 
 
 async def converge_before(api: httpx.AsyncClient, control_plane: LocalControlPlane,
@@ -114,6 +142,12 @@ async def test_expired_watch_relists_once(api: httpx.AsyncClient, namespace: str
                     if e["user"].get("username") == RECONCILER_USER and e["stage"] == "ResponseComplete"]
         lists = [e for e in requests if e["verb"] == "list"]
         watches = [e for e in requests if e["verb"] == "watch"]
+        # each relisted because its watch expired (410), not for another reason
+        expired = [line for line in reconciler.log_text().splitlines()
+                   if "watch expired, relisting" in line]
+        assert {r for r in ("kubearmorpolicies", "nimbuspolicies")
+                if any(f'"resource": "{r}"' in line for line in expired)} == {
+            "kubearmorpolicies", "nimbuspolicies"}, expired
         # one relist per reflector (NimbusPolicies, KubeArmorPolicies), no hot loop
         assert sorted(e["objectRef"]["resource"] for e in lists) == ["kubearmorpolicies",
                                                                      "nimbuspolicies"]
