@@ -110,13 +110,18 @@ def create_configmaps(control_plane: LocalControlPlane, namespace: str, *names: 
             admin.post(configmaps(namespace), json={"metadata": {"name": name}}).raise_for_status()
 
 
-def watch_lines(client: httpx.Client, namespace: str, resource_version: str = "0"
+def watch_lines(client: httpx.Client, namespace: str, resource_version: str = "0",
+                timeout_seconds: int | None = None
                 ) -> tuple[list[dict[str, Any]], Exception | None]:
-    """Every event of a watch until it ends, and the transport error that ended it, if any."""
+    """Every event of a watch until it ends, and the transport error that ended it, if any.
+    `timeout_seconds`: the API server ends the watch cleanly after that (else it lasts until
+    the proxy ends it or the client's read timeout)."""
     events: list[dict[str, Any]] = []
+    params = {"watch": "true", "resourceVersion": resource_version}
+    if timeout_seconds is not None:
+        params["timeoutSeconds"] = str(timeout_seconds)
     try:
-        with client.stream("GET", configmaps(namespace),
-                           params={"watch": "true", "resourceVersion": resource_version}) as stream:
+        with client.stream("GET", configmaps(namespace), params=params) as stream:
             assert stream.status_code == 200
             events.extend(json.loads(line) for line in stream.iter_lines() if line)
     except httpx.TransportError as error:
@@ -486,7 +491,10 @@ def test_steer_rewrites_the_query(control_plane: LocalControlPlane, proxy: Fault
     steer = proxy.add(Rule(Steer(query=lambda q: {**q, "resourceVersion": since}), kind="watch",
                            times=1))
     proxy.add(Rule(CloseWatch(after_events=1), kind="watch", times=1))  # never reached
-    events, _ = watch_lines(via_proxy, namespace)
+    # Ended by the API server after a second (everything after `since` is "b", sent at once),
+    # not by the client's 10 s read timeout.
+    events, error = watch_lines(via_proxy, namespace, timeout_seconds=1)
+    assert error is None
     assert [e["object"]["metadata"]["name"] for e in events] == ["b"]
     [exchange] = proxy.requests(rule=steer)
     assert "resourceVersion=0" in exchange.query and f"resourceVersion={since}" in exchange.rewritten
