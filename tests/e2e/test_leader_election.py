@@ -115,10 +115,11 @@ def _received(event: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
 
 
-# Each slow write lands well within the lease duration after the old leader stopped, as the
-# design needs (a write landing later than that is beyond what any lease can cover); a Delay
-# longer than a third of the grace period (4 s) keeps one of the three creates, one after the
-# other, under way when it ends.
+# Each slow write lands within the lease duration after the old leader stopped renewing, as the
+# design needs (one landing later is beyond what any lease can cover). Cancelled: the creates go
+# one after the other, the first sent before SIGTERM; a Delay between half the grace period (4 s)
+# and all of it keeps the second under way when the grace period ends, and it lands at most 5 s
+# after SIGTERM, 1.5 s before the lease, renewed until then, can have run out.
 @pytest.mark.parametrize("slow_write", [Delay(2.5, lands_anyway=True), Lost(lands_after=1.5)],
                          ids=["cancelled", "answered-504"])
 @pytest.mark.anyio  # at collection, for the anyio plugin to parametrize its backend with these
