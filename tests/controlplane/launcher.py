@@ -32,6 +32,7 @@ import httpx
 import yaml
 
 from .assets import Assets
+from .auditlog import AuditEvents, AuditLog
 from .pki import CertificateAuthority, service_account_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,6 +139,7 @@ class LocalControlPlane:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.kubeconfig = Path()
         self.audit_log = Path()
+        self._audit = AuditLog(self.audit_log)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -269,6 +271,7 @@ class LocalControlPlane:
         admin = self.ca.client("nimbus-admin", ("system:masters",))
         self.admin_cert, self.admin_key = admin.write(pki, "admin")
         self.audit_log = self.workdir / "audit.log"
+        self._audit = AuditLog(self.audit_log)
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump({
             "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
             "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}],
@@ -506,11 +509,10 @@ class LocalControlPlane:
             stored: dict[str, Any] = response.json()
             return stored
 
-    def audit_events(self) -> list[dict[str, Any]]:
-        if not self.audit_log.exists():
-            return []
-        with self.audit_log.open() as log:
-            return [json.loads(line) for line in log if line.strip()]
+    def audit_events(self) -> AuditEvents:
+        """Every request served so far: a sequence of the log's JSON events, each parsed when
+        it is read (`audit_events()[mark:]` parses only those after `mark`)."""
+        return self._audit.events()
 
     def etcd_compact(self) -> int:
         """Compact etcd's history up to its current revision; returns that revision."""

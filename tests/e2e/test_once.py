@@ -40,12 +40,32 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 def once(*args: str, kubeconfig: Path, python: tuple[str, ...] = (),
          timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`python -m reconciler --once *args`, stdout and stderr piped (so no progress line)."""
-    result = subprocess.run([sys.executable, *python, "-m", "reconciler", "--once",
-                             "--kubeconfig", str(kubeconfig), *args],
-                            capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert "\x1b[K" not in result.stderr  # no progress line when not on a terminal
+    (result,) = at_once([args], [kubeconfig], python=python, timeout=timeout)
     return result
+
+
+def at_once(runs: list[tuple[str, ...]], kubeconfigs: list[Path], python: tuple[str, ...] = (),
+            timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """`once` for each of `runs` (its args) with its kubeconfig, all started together: for runs
+    that cannot affect one another (each starting Python costs about half a second)."""
+    started = [(args, subprocess.Popen([sys.executable, *python, "-m", "reconciler", "--once",
+                                        "--kubeconfig", str(kubeconfig), *args],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       cwd=REPO))
+               for args, kubeconfig in zip(runs, kubeconfigs, strict=True)]
+    try:
+        outputs = [process.communicate(timeout=timeout) for _, process in started]
+    finally:
+        for _, process in started:  # what still runs after a timeout
+            process.kill()
+            process.wait()
+    results = []
+    for (args, process), (out, err) in zip(started, outputs, strict=True):
+        result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert "\x1b[K" not in result.stderr  # no progress line when not on a terminal
+        results.append(result)
+    return results
 
 
 def last_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -94,7 +114,9 @@ async def test_dry_run_prints_a_diff_per_object_and_exits_1_until_converged(
     (await api.patch(f"{nimbus_policies(namespace)}/c", headers=MERGE, content=json.dumps(
         {"spec": {"rules": [rule("dnsManipulation")]}}))).raise_for_status()
     mark = len(control_plane.audit_events())
-    dry = once(*scope, "--dry-run", kubeconfig=reconciler_kubeconfig)
+    # the same dry run as text and as JSON, together (neither writes: checked below)
+    dry, as_json = at_once([(*scope, "--dry-run"), (*scope, "--dry-run", "-o", "json")],
+                           [reconciler_kubeconfig] * 2)
     assert dry.returncode == 1, dry.stdout + dry.stderr
     files = diff_files(dry.stdout)
     label = {"update": f"{KSP}.{namespace}.a-dnsmanipulation",
@@ -117,7 +139,6 @@ async def test_dry_run_prints_a_diff_per_object_and_exits_1_until_converged(
     assert f"NimbusPolicy {namespace}/a: would patch a-dnsmanipulation (spec)" in dry.stdout
     assert last_line(dry) == "exit 1: changes would be made"
 
-    as_json = once(*scope, "--dry-run", "-o", "json", kubeconfig=reconciler_kubeconfig)
     assert as_json.returncode == 1
     doc = json.loads(as_json.stdout)
     assert (doc["result"], doc["exitCode"], doc["dryRun"]) == ("wouldChange", 1, True)
@@ -183,13 +204,15 @@ async def test_exit_4_with_a_summary_when_it_cannot_run(
                 "kubearmorpolicies.security.kubearmor.com is forbidden",
     }
     mark = len(control_plane.audit_events())
-    for kubeconfig, why in cases.items():
-        result = once(*scope, kubeconfig=kubeconfig)
+    # every case at once: none of them gets as far as a write (checked below)
+    *results, json_result = at_once([scope] * len(cases) + [(*scope, "-o", "json")],
+                                    [*cases, reader])
+    for result, why in zip(results, cases.values(), strict=True):
         assert result.returncode == 4, result.stdout + result.stderr
         assert result.stdout.splitlines() == [
             "nothing reconciled", result.stdout.splitlines()[-1]]
         assert last_line(result).startswith(f"exit 4: could not run: {why}"), last_line(result)
-    as_json = json.loads(once(*scope, "-o", "json", kubeconfig=reader).stdout)
+    as_json = json.loads(json_result.stdout)
     assert (as_json["result"], as_json["exitCode"], as_json["counts"]["nimbusPolicies"]) == \
         ("notRun", 4, None)
     assert as_json["error"].startswith(f"could not list kubearmorpolicies in {namespace}: 403")
@@ -217,17 +240,19 @@ async def test_a_failed_list_exits_4_with_the_status(
         proxy: FaultProxy) -> None:
     await create_nimbus_policy(api, namespace, "web", [rule("dnsManipulation")])
     proxy.add(Rule(Status(500, message="etcd is on fire"), kind="list", path="/nimbuspolicies"))
-    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    # and, at the same time through a proxy of its own, the KubeArmorPolicy CRD not installed:
+    # the API server's answer to such a LIST when its group is served (with no CRD of the group
+    # at all, a plain-text "404 page not found")
+    with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as no_crd:
+        no_crd.add(Rule(Status(404, message="the server could not find the requested resource"),
+                        kind="list", path="/kubearmorpolicies"))
+        result, not_served = at_once([("--namespace", namespace)] * 2,
+                                     [via(control_plane, proxy), via(control_plane, no_crd)])
     assert result.returncode == 4, result.stdout + result.stderr
     assert last_line(result) == (f"exit 4: could not run: could not list nimbuspolicies in "
                                  f"{namespace}: 500 InternalError: etcd is on fire")
     assert await policy_names(api, namespace) == set()
-    proxy.clear()
-    # the KubeArmorPolicy CRD not installed: the API server's answer to such a LIST when its
-    # group is served (with no CRD of the group at all, a plain-text "404 page not found")
-    proxy.add(Rule(Status(404, message="the server could not find the requested resource"),
-                   kind="list", path="/kubearmorpolicies"))
-    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    result = not_served
     assert result.returncode == 4, result.stdout + result.stderr
     assert last_line(result).endswith(
         "404 NotFound: the server could not find the requested resource (is the "
@@ -246,17 +271,20 @@ async def test_the_api_server_asking_to_come_back_later_is_waited_for(
                            times=1))
     creates = proxy.add(Rule(Status(429, retry_after=0), kind="write", method="POST",
                              path="/kubearmorpolicies", times=1))
-    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    # and, at the same time through a proxy of its own (its run never gets as far as a write),
+    # asked again and again: the summary says so, after the first try and 10 more
+    with FaultProxy.for_control_plane(control_plane, as_user=RECONCILER_USER) as insisting:
+        always = insisting.add(Rule(Status(429, retry_after=0), kind="list",
+                                    path="/kubearmorpolicies"))
+        result, given_up = at_once([("--namespace", namespace)] * 2,
+                                   [via(control_plane, proxy), via(control_plane, insisting)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert last_line(result) == "exit 0: converged" and (lists.hits, creates.hits) == (1, 1)
     refused, listed = proxy.requests(kind="list", path="/nimbuspolicies")
     assert listed.at - refused.at >= 1.0  # when it said
     assert len(proxy.requests(kind="write", method="POST", path="/kubearmorpolicies")) == 2
     assert await policy_names(api, namespace) == {"web-dnsmanipulation"}
-    proxy.remove(lists)
-    # asked again and again: the summary says so, after the first try and 10 more
-    always = proxy.add(Rule(Status(429, retry_after=0), kind="list", path="/kubearmorpolicies"))
-    result = once("--namespace", namespace, kubeconfig=via(control_plane, proxy))
+    result = given_up
     assert result.returncode == 4 and always.hits == 11, result.stdout + result.stderr
     assert last_line(result).startswith(f"exit 4: could not run: could not list "
                                         f"kubearmorpolicies in {namespace}: 429 TooManyRequests")
@@ -311,19 +339,20 @@ async def test_ctrl_c_ends_with_the_summary_of_what_was_done(
     await create_nimbus_policy(api, namespace, "b", [rule("dnsManipulation")])
     log = tmp_path / "stderr"
 
-    # while listing: stops at once, nothing was written
+    # while listing: stops at once, nothing was written; SIGINT, and SIGTERM as at a pod's or a
+    # CI job's end, each to a run of its own, together
     listing = proxy.add(Rule(Stall(), kind="list", path="/nimbuspolicies"))
+    term_log = tmp_path / "stderr-sigterm"
     process = start(control_plane, proxy, namespace, log)
-    wait_for(lambda: listing.matched, 30, "the LIST to be held")
+    terminated = start(control_plane, proxy, namespace, term_log)
+    wait_for(lambda: listing.matched >= 2, 30, "both LISTs to be held")
     process.send_signal(signal.SIGINT)
+    terminated.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=10)
     assert process.returncode == 130, out + log.read_text()
     assert out.splitlines() == ["nothing reconciled", "exit 130: interrupted by SIGINT"]
-    process = start(control_plane, proxy, namespace, log)  # as a pod's or a CI job's end
-    wait_for(lambda: listing.matched >= 2, 30, "the LIST to be held")
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=10)
-    assert process.returncode == 143, out + log.read_text()
+    out, _ = terminated.communicate(timeout=10)
+    assert terminated.returncode == 143, out + term_log.read_text()
     assert out.splitlines()[-1] == "exit 143: interrupted by SIGTERM"
     proxy.remove(listing)
     listing.release()
@@ -426,7 +455,7 @@ async def test_progress_on_a_terminal_none_when_piped(
     # slow enough to be worth a progress line (shown after 0.5 s): a LIST and each write take a
     # while
     proxy.add(Rule(Delay(0.8), kind="list", path="/nimbuspolicies"))
-    proxy.add(Rule(Delay(0.3), kind="write"))
+    proxy.add(Rule(Delay(0.15), kind="write"))  # six writes, one at a time
     args = ["--namespace", namespace, "--workers", "1", "--log-level", "error"]
     piped = once(*args, "--dry-run", kubeconfig=via(control_plane, proxy))  # asserts no line
     assert piped.returncode == 1 and piped.stderr == ""

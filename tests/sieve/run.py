@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -89,6 +90,45 @@ class _Lines(logging.Handler):
         self.lines.append(self.format(record))
 
 
+# The lines of the in-loop run whose task logged: runs may share the event loop (the reconciler's
+# tasks inherit the context of the run that started them).
+_RUN_LINES: contextvars.ContextVar[_Lines | None] = contextvars.ContextVar("sieve_run_lines",
+                                                                           default=None)
+
+
+class _ToItsRun(logging.Handler):
+    """On the "reconciler" logger while any in-loop run is under way (`runs` of them), at INFO:
+    each record to the lines of the run that logged it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.runs = 0
+        self.level_before = logging.NOTSET
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = _RUN_LINES.get()
+        if lines is not None:
+            lines.handle(record)
+
+    def attach(self) -> None:
+        logger = logging.getLogger("reconciler")
+        if not self.runs:
+            logger.addHandler(self)
+            self.level_before = logger.level
+            logger.setLevel(logging.INFO)
+        self.runs += 1
+
+    def detach(self) -> None:
+        self.runs -= 1
+        if not self.runs:
+            logger = logging.getLogger("reconciler")
+            logger.removeHandler(self)
+            logger.setLevel(self.level_before)
+
+
+_TO_ITS_RUN = _ToItsRun()
+
+
 class InLoop:
     """The reconciler as a task of this event loop."""
 
@@ -98,20 +138,19 @@ class InLoop:
         self.running = RunningReconciler(kubeconfig, ControllerConfig(
             namespaces=(namespace,), workers=4, page_size=settings.page_size))
         self._log = _Lines()
-        self._level = logging.NOTSET
+        self._attached = False
 
     async def start(self) -> None:
-        logger = logging.getLogger("reconciler")
-        logger.addHandler(self._log)
-        self._level, self._log.level = logger.level, logging.INFO
-        logger.setLevel(logging.INFO)
+        _RUN_LINES.set(self._log)  # (in this run's task, before the reconciler's are made)
+        _TO_ITS_RUN.attach()
+        self._attached = True
         await self.running.start()
 
     async def stop(self) -> None:
         await self.running.stop()
-        logger = logging.getLogger("reconciler")
-        logger.removeHandler(self._log)
-        logger.setLevel(self._level)
+        if self._attached:
+            _TO_ITS_RUN.detach()
+            self._attached = False
 
     def kill(self) -> None:
         raise AssertionError("a reconciler in the test's event loop cannot be SIGKILLed")
