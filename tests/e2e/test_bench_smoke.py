@@ -25,7 +25,8 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
                              "--results", str(tmp_path / "results.json"),
                              "queue", "memory", "controller"],
                             capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env={**os.environ, "BENCH_SCALE": "20", "BENCH_SAMPLES": "5"})
+                            env={**os.environ, "BENCH_SCALE": "20", "BENCH_SAMPLES": "5",
+                                 "BENCH_RESYNC_PERIOD": "5s"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads((tmp_path / "results.json").read_text())
     assert figures["steady_state_writes"] == 0
