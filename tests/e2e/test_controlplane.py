@@ -218,15 +218,19 @@ def test_minted_identity_has_only_what_rbac_grants(control_plane: LocalControlPl
         assert client.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
 
 
-def test_nothing_outlives_a_killed_test_run() -> None:
+def test_nothing_outlives_a_killed_test_run(tmp_path: Path) -> None:
     """A test run SIGKILLed mid-way (no teardown at all): its control plane dies with it, and
     the next start removes the directory it left."""
     repo = Path(__file__).resolve().parents[2]
-    parent = subprocess.Popen([sys.executable, "-m", "tests.controlplane"], cwd=repo,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "controlplane.log"
+    with log.open("w") as stderr:
+        parent = subprocess.Popen([sys.executable, "-m", "tests.controlplane"], cwd=repo,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert parent.stdout is not None
-        workdir = Path(parent.stdout.readline().strip()).parent
+        kubeconfig = parent.stdout.readline().strip()
+        assert kubeconfig, f"the control plane did not start:\n{log.read_text()[-3000:]}"
+        workdir = Path(kubeconfig).parent
         children = [int(p) for p in Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
                     .read_text().split()]
         assert len(children) == 3  # etcd, kube-apiserver, kube-controller-manager
