@@ -1,28 +1,32 @@
-"""How long the event loop is held: the longest single callback it ran, and how late a ticker's
-wake-ups came.
+"""How long the event loop makes a task that is ready to run wait.
 
-A stall is one callback (a task's step from one `await` to the next, a protocol's callback)
-that runs without giving the loop back: nothing else, no watch, probe or Lease renewal, runs
-until it returns. While measuring, every callback the loop runs is timed in the CPU time of the
-loop's own thread (asyncio's Handle._run, wrapped): `longest_stall` is the longest of them. CPU
-time, not wall: on a busy machine (the API server, etcd and other test runs share two cores) a
-callback may wait for a core, which is not the loop's doing; a garbage collection that the
-callback set off is counted, being its doing. A worker thread holding the GIL would delay the
-loop without showing here; the only one the reconciler has (jsondecode.py) runs Python code,
-which hands the GIL over every switch interval (5 ms), and its test checks that.
+A ticker asks to wake every `period` seconds and records how late each wake-up comes. Its timer
+is due at the end of the sleep, and runs once the loop has run every callback that was ready
+before it: a Lease renewal, a probe or a watch's next event waits just as long. Wall time alone
+would also count the moments this process waited for a core on a busy machine (the API server,
+etcd and other test runs share two cores), so the lateness that counts is measured in the CPU
+time of the loop's own thread meanwhile (from the start of the sleep: at most one period more
+than from the moment it was due): what the loop itself spent while the ticker waited. That is
+`longest_stall`; `longest_gap` is the wall time of the worst wake-up.
 
-Where the loop was: while a callback has run longer than SAMPLE_AFTER, a watchdog thread samples
-the loop thread's stack every SAMPLE_EVERY; the samples of the longest callback are kept, so a
-failure names the code that held the loop (a sample is taken when the watchdog gets the GIL: C
-code that holds it throughout shows as the Python line that called it).
+A worker thread of this process holding the GIL would delay the loop without showing in its
+thread's CPU time; the only one the reconciler has (jsondecode.py) runs Python code, which the
+interpreter makes hand the GIL over every switch interval (5 ms), and its test checks that. A
+callback blocking in a system call (a sleep, a file read) would not show either: the wake-up's
+wall lateness does, for the record.
 
-A ticker asks to wake every `period` and records how late each wake-up comes, in wall time:
-`longest_gap`, for the record (it includes the moments this process waited for a core).
+What held the loop: while measuring, every callback the loop runs is timed in its thread's CPU
+time (asyncio's Handle._run, wrapped); the worst wake-up keeps the longest callbacks that ran
+within it, and a watchdog thread samples the loop thread's stack every SAMPLE_EVERY while a
+callback has run longer than SAMPLE_AFTER, so a failure names the code (a sample is taken when
+the watchdog gets the GIL: C code that holds it throughout shows as the Python line that called
+it).
 """
 
 from __future__ import annotations
 
 import asyncio.events
+import heapq
 import sys
 import threading
 import time
@@ -34,8 +38,9 @@ from typing import Any
 import anyio
 import attrs
 
-SAMPLE_AFTER = 0.015
+SAMPLE_AFTER = 0.010
 SAMPLE_EVERY = 0.005
+KEPT = 4  # callbacks named for the worst wake-up
 
 
 @attrs.frozen
@@ -44,16 +49,36 @@ class Callback:
     what: str  # the task (its coroutine) or the function it ran
     stacks: tuple[str, ...] = ()  # the loop thread's innermost frames, sampled meanwhile
 
+    def __lt__(self, other: Callback) -> bool:
+        return self.cpu < other.cpu
 
-NONE = Callback(0.0, "")
+
+@attrs.frozen
+class Wakeup:
+    late: float  # seconds later than asked (wall)
+    busy: float  # CPU seconds the loop's thread used meanwhile
+    process_busy: float  # CPU seconds every thread of the process used meanwhile
+    longest: tuple[Callback, ...] = ()  # the longest callbacks run meanwhile, longest first
+
+    @property
+    def stall(self) -> float:
+        """The part of the delay the loop's own work accounts for."""
+        return min(self.late, self.busy)
+
+
+NONE = Wakeup(0.0, 0.0, 0.0)
 
 
 def _describe(handle: asyncio.events.Handle) -> str:
     callback: Any = getattr(handle, "_callback", None)
     owner = getattr(callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
-        coro: Any = owner.get_coro()
-        return f"task {getattr(coro, '__qualname__', coro)!s}"
+        # the task's coroutines down to where it waits now (where the step ended)
+        names, coro = [], owner.get_coro()
+        while coro is not None and len(names) < 8:
+            names.append(str(getattr(coro, "__qualname__", type(coro).__name__)))
+            coro = getattr(coro, "cr_await", None)
+        return "task " + " > ".join(names[-3:])
     return getattr(callback, "__qualname__", repr(callback))
 
 
@@ -62,25 +87,26 @@ class LoopLag:
         self.period = period
         self.wakeups = 0
         self.callbacks = 0
-        self.worst_stall = NONE
-        self.worst_gap = 0.0
-        # The callback under way in the loop's thread: when it began (monotonic), None between
-        # callbacks; its samples, appended by the watchdog thread. Both written by the loop's
-        # thread at a callback's start and end only.
+        self.worst_stall = self.worst_gap = NONE
+        # The longest callbacks since the ticker last went to sleep (a heap of KEPT at most),
+        # and the samples of the callback under way, which began at `_running_since` (None
+        # between callbacks). Written by the loop's thread; `_samples` appended to by the
+        # watchdog thread too.
+        self._longest: list[Callback] = []
         self._running_since: float | None = None
         self._samples: list[str] = []
 
     @property
     def longest_stall(self) -> float:
-        return self.worst_stall.cpu
+        return self.worst_stall.stall
 
     @property
     def longest_gap(self) -> float:
-        return self.worst_gap
+        return self.worst_gap.late
 
     def reset(self) -> None:
         self.wakeups = self.callbacks = 0
-        self.worst_stall, self.worst_gap = NONE, 0.0
+        self.worst_stall = self.worst_gap = NONE
 
     async def run(self) -> None:
         """Until cancelled: every callback of the loop it runs in is timed meanwhile."""
@@ -89,6 +115,8 @@ class LoopLag:
         watchdog = threading.Thread(target=self._watch, args=(loop_thread, stop),
                                     name="looplag-watchdog", daemon=True)
         original: Callable[[asyncio.events.Handle], None] = asyncio.events.Handle._run
+        assert getattr(original, "__module__", "") == "asyncio.events", \
+            "one LoopLag at a time: Handle._run is already wrapped"
 
         def timed(handle: asyncio.events.Handle) -> None:
             if threading.get_ident() != loop_thread:
@@ -102,8 +130,10 @@ class LoopLag:
                 took = time.thread_time() - began
                 self._running_since = None
                 self.callbacks += 1
-                if took > self.worst_stall.cpu:
-                    self.worst_stall = Callback(took, _describe(handle), tuple(self._samples))
+                if len(self._longest) < KEPT or took > self._longest[0].cpu:
+                    entry = Callback(took, _describe(handle), tuple(self._samples))
+                    (heapq.heappush if len(self._longest) < KEPT else heapq.heapreplace)(
+                        self._longest, entry)
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
         watchdog.start()
@@ -116,32 +146,48 @@ class LoopLag:
 
     def _watch(self, loop_thread: int, stop: threading.Event) -> None:
         while not stop.wait(SAMPLE_EVERY):
-            since = self._running_since
+            since, samples = self._running_since, self._samples  # the callback's own list
             if since is None or time.monotonic() - since < SAMPLE_AFTER:
                 continue
             frame = sys._current_frames().get(loop_thread)
             if frame is not None:
-                inner = traceback.extract_stack(frame)[-6:]
-                self._samples.append(" <- ".join(
-                    f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(inner)))
+                # the innermost frames only, their source not read: reading it would give the
+                # GIL up at each file, and the callback could be over before the sample is
+                inner = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=6,
+                                                       lookup_lines=False)
+                samples.append(" <- ".join(
+                    f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in inner))
 
     async def _tick(self) -> None:
         while True:
-            wall = time.monotonic()
+            wall, cpu, process = time.monotonic(), time.thread_time(), time.process_time()
+            self._longest = []
             await anyio.sleep(self.period)
+            now = time.monotonic()
+            wakeup = Wakeup(now - wall - self.period, time.thread_time() - cpu,
+                            time.process_time() - process,
+                            tuple(sorted(self._longest, reverse=True)))
             self.wakeups += 1
-            self.worst_gap = max(self.worst_gap, time.monotonic() - wall - self.period)
+            if wakeup.stall > self.worst_stall.stall:
+                self.worst_stall = wakeup
+            if wakeup.late > self.worst_gap.late:
+                self.worst_gap = wakeup
 
     def summary(self) -> str:
-        worst = self.worst_stall
-        return (f"longest stall {worst.cpu * 1000:.1f} ms of the loop's CPU time in one callback "
-                f"({worst.what}) of {self.callbacks}; longest gap {self.worst_gap * 1000:.1f} ms "
-                f"wall between {self.wakeups} ticker wake-ups{self.where()}")
+        worst, gap = self.worst_stall, self.worst_gap
+        return (f"longest stall {worst.stall * 1000:.1f} ms of the loop's own CPU time "
+                f"({worst.late * 1000:.1f} ms late, the process busy {worst.process_busy * 1000:.1f}"
+                f" ms meanwhile); longest gap {gap.late * 1000:.1f} ms wall ({gap.busy * 1000:.1f}"
+                f" ms of it on the loop's CPU, {gap.process_busy * 1000:.1f} ms on the process's)"
+                f"; {self.wakeups} wake-ups, {self.callbacks} callbacks{self.where()}")
 
     def where(self) -> str:
-        """The loop thread's frames sampled within the longest stall, most often seen first."""
-        if not self.worst_stall.stacks:
+        """The longest callbacks within the longest stall, and where the loop was in them."""
+        if not self.worst_stall.longest:
             return ""
-        seen = Counter(self.worst_stall.stacks).most_common(3)
-        return "; within the longest stall the loop was at: " + " | ".join(
-            f"{count}x {stack}" for stack, count in seen)
+        parts = []
+        for callback in self.worst_stall.longest:
+            seen = Counter(callback.stacks).most_common(2)
+            at = "".join(f" [{count}x {stack}]" for stack, count in seen)
+            parts.append(f"{callback.cpu * 1000:.1f} ms {callback.what}{at}")
+        return "; within the longest stall: " + " | ".join(parts)

@@ -5,7 +5,7 @@ beside the controller, 4 workers).
 
 Four at once (one for each worker), and small ones created once they are stored; then a relist
 of them all in one page, as after a restart. What must hold throughout: the event loop
-never stalls over 50 ms (tests/looplag.py: no callback holds it for longer, in CPU time), the
+never stalls over 50 ms (tests/looplag.py: no ready task waits longer, in the loop's CPU time), the
 Lease is renewed every retry period (from the API server's audit log), the small ones converge,
 each big one is reported as bad input with its rule count in MAX_EVENTS Events, and what the
 controller keeps for each is small. `make bench` (bigpolicy) has one alone and more of them back
