@@ -32,8 +32,9 @@ class AuditLog:
                 return AuditEvents(self.path, array.array("q"), 0)
             with self.path.open("rb") as log:
                 size = log.seek(0, 2)
-                if size < self._end:  # a new log (the file replaced): start again
-                    self._starts, self._end = array.array("q"), 0
+                if size < self._end:  # marks taken before would index another log
+                    raise AssertionError(f"{self.path} shrank from {self._end} to {size} bytes: "
+                                         "rotated or replaced (the launcher asks for neither)")
                 log.seek(self._end)
                 data = log.read(size - self._end)
             complete = data.rfind(b"\n") + 1

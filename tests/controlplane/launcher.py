@@ -311,7 +311,9 @@ class LocalControlPlane:
             "--allow-privileged=true",
             f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
             f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
-            "--audit-log-format=json", "--audit-log-maxbackup=0",
+            # never rotated (the default rotates at 100 MB, which `make bench` and `make soak`
+            # can reach): tests read it by offset (auditlog.py)
+            "--audit-log-format=json", "--audit-log-maxbackup=0", "--audit-log-maxsize=100000",
             "--v=1",
         ]
 
