@@ -214,7 +214,8 @@ class Straddle(Perturbation):
         response = await self.context.api.delete(
             f"{kubearmor_policies(self.context.namespace)}/{self.name}")
         self.notes.append(f"{self.name} deleted by someone else: {response.status_code}")
-        await within(self.context.hold_limit, self._gone)
+        if not await within(self.context.hold_limit, self._gone):
+            self.notes.append(f"not gone within {self.context.hold_limit}s")
         page.release()
 
     async def _gone(self) -> bool:
