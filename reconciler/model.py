@@ -281,10 +281,13 @@ def prepare_conversions() -> None:
     controller is while the first NimbusPolicies are converted, every watch, probe and Lease
     renewal waiting meanwhile. A long-running process calls this before it starts serving;
     `--once` does not (its first request would wait for it)."""
-    for value in list(globals().values()):
-        if isinstance(value, type) and _is_model(value):
-            converter.get_structure_hook(value)
-            converter.get_unstructure_hook(value)
+    models = [value for value in globals().values() if isinstance(value, type) and _is_model(value)]
+    # Twice: making a hook for a list or a map clears cattrs' dispatch cache, so some made in
+    # the first pass are made again at their next use; after the second, none is.
+    for _ in range(2):
+        for model in models:
+            converter.get_structure_hook(model)
+            converter.get_unstructure_hook(model)
 
 
 def to_dict(value: Any) -> dict[str, Any]:

@@ -248,6 +248,8 @@ async def contention(api: httpx.AsyncClient, namespace: str, control_plane: Loca
         assert len(writes) >= count, len(writes)
         shares = Shares(len(writes), len(refused), others)
         print(shares)
+        # there was contention: the others' writes met conflicts (about 40% of them)
+        assert others.conflicts >= 1, shares
         # every refusal counted where a user sees it
         await eventually(lambda: asyncio.to_thread(_conflicts_counted, reconciler, len(refused)),
                          what=f"{len(refused)} conflicts in /metrics")
