@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.app import connect
 from reconciler.controller import Controller, ControllerConfig
 from reconciler.metrics import Metrics
-from tests.controlplane.launcher import LocalControlPlane
+from tests.controlplane.launcher import LocalControlPlane, wait_for
 from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,11 +57,22 @@ def metrics_reader_token(control_plane: LocalControlPlane, namespace: str,
     return control_plane.service_account_token(namespace, name)
 
 
+# What a test's reconciler lists first. An earlier test may have left the API server's watch
+# cache of them re-initializing (etcd compacted under it, the server restarted): until it is
+# ready the server answers their LISTs 429 "storage is (re)initializing", which a reconciler
+# waits out but a test's own first request would not.
+SERVED_FROM_CACHE = ("/apis/intent.security.nimbus.com/v1alpha1/nimbuspolicies",
+                     "/apis/security.kubearmor.com/v1/kubearmorpolicies")
+
+
 @pytest.fixture
 def namespace(control_plane: LocalControlPlane) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     with control_plane.client() as client:
         client.post("/api/v1/namespaces", json={"metadata": {"name": name}}).raise_for_status()
+        wait_for(lambda: all(client.get(path, params={"limit": 1}).status_code == 200
+                             for path in SERVED_FROM_CACHE),
+                 30, "the API server's caches to serve LISTs")
     yield name
 
 
