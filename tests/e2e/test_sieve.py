@@ -85,24 +85,13 @@ def outcomes(reference: Reference, control_plane: LocalControlPlane
         done = dict(zip(SAMPLE, await asyncio.gather(*map(one, SAMPLE), return_exceptions=True),
                         strict=True))
         # a point whose interleaving did not come about (slowed by the others) runs again alone
-        for point in [p for p, o in done.items() if isinstance(o, Outcome) and missed(o)]:
+        for point in [p for p, o in done.items() if isinstance(o, Outcome) and o.missed]:
             done[point] = await run(control_plane, RECONCILER_USER, Point.parse(point),
                                     SETTINGS, reference)
         return done
     done = asyncio.run(every_point())
     return {point: outcome for point, outcome in done.items()
             if isinstance(outcome, Outcome | BaseException)}
-
-
-# The notes a perturbation leaves when a step of its interleaving did not come about within
-# its time limit (tests/sieve/perturb.py): the point would pass without being the one it names.
-MISSED = ("released after", "no watch was open", "no relist within", "no relist came",
-          "not gone within", "write answered []")
-
-
-def missed(outcome: Outcome) -> list[str]:
-    """What of the point's interleaving did not come about."""
-    return [note for note in outcome.notes if note.startswith(MISSED)]
 
 
 @pytest.mark.parametrize("point", SAMPLE)
@@ -114,5 +103,5 @@ def test_point(point: str, outcomes: dict[str, Outcome | BaseException]) -> None
     assert isinstance(outcome, Outcome)
     print(f"{outcome.mode}, {outcome.seconds:.1f}s, {outcome.writes} writes: {outcome.notes}")
     assert outcome.reached, f"the point's moment never came: {outcome.notes}"
-    assert not missed(outcome), f"its interleaving did not come about, twice: {outcome.notes}"
+    assert not outcome.missed, f"its interleaving did not come about, twice: {outcome.notes}"
     assert outcome.passed, "\n".join([*outcome.problems, "the reconciler's log:", outcome.log])

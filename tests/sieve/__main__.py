@@ -63,7 +63,7 @@ async def sieve(cp: LocalControlPlane, args: argparse.Namespace) -> int:
         outcome = await run(cp, USER, point, settings, reference)
         assert isinstance(outcome, Outcome)
         outcomes.append((point, outcome))
-        verdict = "FAIL" if not outcome.passed else "pass" if outcome.reached else "miss"
+        verdict = "FAIL" if not outcome.passed else "pass" if outcome.perturbed else "miss"
         print(f"[{index}/{len(chosen)}] {verdict} {point} ({outcome.mode}, {outcome.seconds:.1f}s, "
               f"{outcome.writes} writes)" + (f": {'; '.join(outcome.notes)}" if outcome.notes
                                              else ""), flush=True)
@@ -78,8 +78,8 @@ async def sieve(cp: LocalControlPlane, args: argparse.Namespace) -> int:
     for kind in KINDS:
         of_kind = [o for p, o in outcomes if p.kind == kind]
         if of_kind:
-            print(f"  {kind:<13} {len(of_kind):>4} points: {sum(o.passed and o.reached for o in of_kind)} "
-                  f"passed, {sum(not o.reached and o.passed for o in of_kind)} not reached, "
+            print(f"  {kind:<13} {len(of_kind):>4} points: {sum(o.passed and o.perturbed for o in of_kind)} "
+                  f"passed, {sum(not o.perturbed and o.passed for o in of_kind)} not reached, "
                   f"{sum(not o.passed for o in of_kind)} failed")
     failed = [(p, o) for p, o in outcomes if not o.passed]
     if failed:

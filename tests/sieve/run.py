@@ -53,6 +53,12 @@ class Settings:
     page_size: int = 2  # LIST pages of the in-loop reconciler (several pages to straddle)
 
 
+# The notes a perturbation leaves when a step of its interleaving did not come about within its
+# time limit (perturb.py): the point then passes without being the one it names.
+MISSED = ("released after", "no watch was open", "no relist within", "no relist came",
+          "not gone within", "write answered []")
+
+
 @attrs.frozen
 class Outcome:
     point: str  # "reference" for the reference run
@@ -67,6 +73,16 @@ class Outcome:
     @property
     def passed(self) -> bool:
         return not self.problems
+
+    @property
+    def missed(self) -> list[str]:
+        """What of the point's interleaving did not come about (empty when all of it did)."""
+        return [note for note in self.notes if note.startswith(MISSED)]
+
+    @property
+    def perturbed(self) -> bool:
+        """Whether the run was the point it names: its moment came, and all that followed."""
+        return self.reached and not self.missed
 
 
 @attrs.frozen
