@@ -153,8 +153,10 @@ class LoopLag:
             if frame is not None:
                 # the innermost frames only, their source not read: reading it would give the
                 # GIL up at each file, and the callback could be over before the sample is
-                inner = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=6,
-                                                       lookup_lines=False)
+                # (the import system's own frames left out: an import shows as its caller)
+                inner = [f for f in traceback.StackSummary.extract(
+                    traceback.walk_stack(frame), limit=24, lookup_lines=False)
+                    if not f.filename.startswith("<frozen")][:6]
                 samples.append(" <- ".join(
                     f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in inner))
 
