@@ -181,11 +181,24 @@ def wanted_entries(name: str) -> list[str]:
     return sorted(entries)
 
 
-async def all_statuses_complete(api: httpx.AsyncClient, namespace: str, count: int) -> bool:
+class Incomplete(list[str]):
+    """What is still wrong with the statuses: falsy once there is nothing (so `eventually`
+    fails with the last of it, naming the NimbusPolicy and its entries)."""
+
+    def __bool__(self) -> bool:
+        return len(self) == 0
+
+
+async def all_statuses_complete(api: httpx.AsyncClient, namespace: str, count: int
+                                ) -> Incomplete:
     items = (await api.get(nimbus_policies(namespace))).json()["items"]
-    return len(items) == count and all(
-        sorted((np.get("status") or {}).get("adapterPolicies") or []) ==
-        wanted_entries(np["metadata"]["name"]) for np in items)
+    wrong = Incomplete([f"{len(items)} NimbusPolicies, not {count}"] if len(items) != count
+                       else [])
+    for np in items:
+        entries = sorted((np.get("status") or {}).get("adapterPolicies") or [])
+        if entries != wanted_entries(np["metadata"]["name"]):
+            wrong.append(f"{np['metadata']['name']}: {entries}")
+    return wrong
 
 
 def our_status_writes(control_plane: LocalControlPlane, namespace: str,
