@@ -82,7 +82,7 @@ e2e: controlplane tools prometheus container-tools ## Run the end-to-end tests o
 faults: controlplane ## Run the fault-injection tests only
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
-CONTENTION_POLICIES ?= 100
+CONTENTION_POLICIES ?= 300
 contention: controlplane ## Status writes next to the Nimbus core and two other adapters: the share refused (CONTENTION_POLICIES)
 	NIMBUS_CONTENTION_POLICIES=$(CONTENTION_POLICIES) $(PY) -m pytest -s tests/e2e/test_status_contention.py -k rarely $(PYTEST_ARGS)
 

@@ -23,7 +23,14 @@ from anyio.abc import TaskStatus
 
 from .cached import CachedNimbusPolicy, CachedPolicy
 from .clock import Clock, MonotonicClock
-from .diff import PolicyUpdate, is_orphan, needs_reconcile, repair_patch, status_patch
+from .diff import (
+    PolicyUpdate,
+    is_orphan,
+    needs_reconcile,
+    repair_patch,
+    status_appeared,
+    status_patch,
+)
 from .events import ProblemReporter
 from .keystate import KeyState, KeyStates
 from .kube import (
@@ -36,9 +43,10 @@ from .kube import (
     api_error,
 )
 from .metrics import Metrics
+from .newcomers import Newcomers
 from .plan import Desired, Plan, build_desired, desired_objects, plan_reconcile
 from .problems import Problem, ProblemKind
-from .reflector import Reflector
+from .reflector import Reflector, Source
 from .store import Change, Store
 from .workqueue import Priority, QueueShutDown, WorkQueue
 
@@ -70,6 +78,9 @@ class ControllerConfig:
     # Objects a LIST page holds: the one page of full objects in memory at a time during a
     # list (client-go's 500 measured 10 MB at the peak of a relist of 25,000 policies, this 5)
     page_size: int = 250
+    # How long the status of a NimbusPolicy created without one is left to the Nimbus core
+    # (which writes one at once: we add our entries to it) before we write one. See newcomers.py.
+    await_core_status: float = 1.0
 
 
 @attrs.frozen
@@ -96,6 +107,7 @@ class Outcome:
     deleted: list[str] = attrs.Factory(list)
     unchanged: int = 0
     status_written: bool = False
+    status_waits: float = 0.0  # the status write left for this long, to the core's first
     problems: list[Problem] = attrs.Factory(list)
     errors: list[ApiError] = attrs.Factory(list)
     skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan, ...
@@ -141,6 +153,8 @@ class Controller:
         # in sight (and its changes and deletion reach us).
         self.kubearmor_policies: Store[CachedPolicy] = Store(index=controller_index)
         self.states = KeyStates()
+        # Told by on_nimbus_policy only (the watch's news); reconciles ask it how long to wait.
+        self.newcomers = Newcomers(self.clock, self.config.await_core_status)
         self.reporter = ProblemReporter(client, metrics, self.config.dry_run)
         scopes: Sequence[str | None] = self.config.namespaces or (None,)
         page_lock = anyio.Lock()  # one page of full objects at a time, whichever the reflector
@@ -167,25 +181,32 @@ class Controller:
         self._workers: anyio.CancelScope | None = None  # while workers run
         self._workers_done = anyio.Event()
 
-    # --- event handlers: they only say which key to look at --------------------------------------
+    # --- event handlers: they say which key to look at (and which NimbusPolicy is new) ---------
 
     def on_nimbus_policy(self, change: Change, old: CachedNimbusPolicy | None,
-                         new: CachedNimbusPolicy | None, from_list: bool) -> None:
-        if change is Change.UPDATED and not needs_reconcile(old, new):
-            return  # a status write (ours included) cannot change what is desired
+                         new: CachedNimbusPolicy | None, source: Source) -> None:
         obj = new if new is not None else old
         assert obj is not None
-        self.queue.add(obj.key, Priority.BACKLOG if from_list else Priority.LIVE)
+        if change is Change.DELETED:
+            self.newcomers.forget(obj.key)
+        elif change is Change.ADDED and source is Source.WATCH:
+            self.newcomers.created(obj.key)
+        if change is Change.UPDATED and not needs_reconcile(old, new) \
+                and not status_appeared(old, new):
+            # A status write (ours included) cannot change what is desired; the core's first
+            # is what a newcomer's status write waits for.
+            return
+        self.queue.add(obj.key, _priority(source))
 
     def on_kubearmor_policy(self, change: Change, old: CachedPolicy | None,
-                            new: CachedPolicy | None, from_list: bool) -> None:
+                            new: CachedPolicy | None, source: Source) -> None:
         keys: set[str | None] = {policy.owner_key for policy in (old, new) if policy is not None}
         policy = new if new is not None else old
         assert policy is not None
         keys |= self.states.claimants(policy.key)  # someone else's, holding a name we need
         for key in keys:
             if key is not None:
-                self.queue.add(key, Priority.BACKLOG if from_list else Priority.LIVE)
+                self.queue.add(key, _priority(source))
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -494,7 +515,7 @@ class Controller:
                 # the store keeps a tombstone until the watch's DELETED event says it, so an
                 # older event still on its way cannot bring the policy back. That event finds
                 # nothing left to report: say it here.
-                self.on_kubearmor_policy(Change.DELETED, policy, None, False)
+                self.on_kubearmor_policy(Change.DELETED, policy, None, Source.WATCH)
         outcome.deleted.append(policy.name)
 
     async def _write_status(self, nimbus_policy: CachedNimbusPolicy, names: list[str],
@@ -507,6 +528,12 @@ class Controller:
         for attempt in range(1, STATUS_ATTEMPTS + 1):
             patch = status_patch(current, names)
             if patch is None:
+                return
+            wait = 0.0 if current.has_status else self.newcomers.wait(current.key)
+            if wait > 0 and not self.config.dry_run:
+                # the core is about to write its status: we add our entries to it
+                outcome.status_waits = wait
+                self.queue.add_after(current.key, wait)
                 return
             if self.config.dry_run:
                 outcome.would_write.append(Write("patch", NIMBUS_POLICIES, current.namespace,
@@ -552,10 +579,18 @@ class Controller:
         return fresh if fresh is not None and fresh.uid == nimbus_policy.uid else None
 
 
+def _priority(source: Source) -> Priority:
+    """What was there before we started waits behind what changes now."""
+    return Priority.BACKLOG if source is Source.FIRST_LIST else Priority.LIVE
+
+
 def _done(outcome: Outcome) -> dict[str, Any]:
     """What a reconcile wrote, as log fields."""
-    return {"policies_created": outcome.created, "policies_updated": outcome.updated,
+    done = {"policies_created": outcome.created, "policies_updated": outcome.updated,
             "policies_deleted": outcome.deleted, "status_written": outcome.status_written}
+    if outcome.status_waits:
+        done["status_waits"] = round(outcome.status_waits, 3)
+    return done
 
 
 def _conflict_resource(resource: str) -> str:

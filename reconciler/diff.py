@@ -34,6 +34,12 @@ def needs_reconcile(old: CachedNimbusPolicy | None, new: CachedNimbusPolicy | No
         (new.uid, new.generation, new.controller, new.deleting)
 
 
+def status_appeared(old: CachedNimbusPolicy | None, new: CachedNimbusPolicy | None) -> bool:
+    """Whether a NimbusPolicy change is its first status being written (by the Nimbus core, which
+    a newcomer's status write waits for)."""
+    return old is not None and new is not None and not old.has_status and new.has_status
+
+
 @attrs.frozen
 class Fingerprint:
     """What drift is judged against, small enough to keep for every desired policy: a digest
@@ -170,6 +176,8 @@ def status_patch(nimbus_policy: CachedNimbusPolicy, policy_names: Sequence[str]
     read (absent or null tests as absent), not the object's resourceVersion, so the Nimbus core
     writing status.status or lastUpdated meanwhile does not refuse it; another adapter changing
     its entries does (422, `ApiError.patch_test_failed`), and it is made again on a fresh read.
+    With no status at all, all it can test is that there is none, which the core's first write
+    breaks: the controller leaves a new NimbusPolicy's first status to the core (newcomers.py).
     And that the object is still the one read (its uid), as a delete's precondition says: a
     NimbusPolicy deleted and made again under the same name meanwhile is another object, whose
     status must not list the policies made for the first.

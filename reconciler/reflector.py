@@ -29,8 +29,16 @@ from .store import Change, Store, V
 
 log = logging.getLogger(__name__)
 
-# (change, old, new, from_list): from_list is True for what the first LIST found
-Handler = Callable[[Change, Any, Any, bool], None]
+class Source(enum.Enum):
+    """Where a change was learnt from."""
+
+    FIRST_LIST = "first list"  # there when we started: a backlog, made who knows when
+    RELIST = "relist"  # made while no watch was open (after a 410): a while ago, maybe just now
+    WATCH = "watch"  # made just now
+
+
+# (change, old, new, source)
+Handler = Callable[[Change, Any, Any, Source], None]
 Obj = dict[str, Any]
 
 # client-go's guard: a watch that ends within a second having delivered nothing is a failure
@@ -191,7 +199,7 @@ class Reflector(Generic[V]):
         object's JSON is let go as soon as it is slimmed; with the other reflectors sharing
         `page_lock`, no more than one page of full objects is held in the process at a time.
         At the end the store drops what the LIST did not name and is not newer than it."""
-        first = not self.synced.is_set()
+        source = Source.RELIST if self.synced.is_set() else Source.FIRST_LIST
         named, continue_token, expired = self._naming(), None, False
         list_version = ""
         while True:
@@ -224,7 +232,7 @@ class Reflector(Generic[V]):
                     item.setdefault("apiVersion", self.resource.api_version)  # list items carry none
                     value = self.transform(item)
                     del item
-                    self._store(value, first, as_of=list_version)
+                    self._store(value, source, as_of=list_version)
                 del items
             continue_token = metadata.get("continue") or None
             if not continue_token:
@@ -232,7 +240,7 @@ class Reflector(Generic[V]):
         if not list_version:  # a broken proxy or aggregated API: nowhere to watch from
             raise ApiError(502, "NoResourceVersion", "the LIST's answer had no resourceVersion")
         for old in self.store.relisted(self.namespace, list_version, named.keys):
-            self.handler(Change.DELETED, old, None, first)
+            self.handler(Change.DELETED, old, None, source)
         self.metrics.relists.labels(self._label).inc()
         self.resource_version = list_version
         self.synced.set()
@@ -250,11 +258,11 @@ class Reflector(Generic[V]):
         return self.store.ignores(key, str(metadata.get("uid") or ""),
                                   str(metadata.get("resourceVersion") or ""), as_of)
 
-    def _store(self, value: V, from_list: bool, as_of: str | None = None) -> None:
+    def _store(self, value: V, source: Source, as_of: str | None = None) -> None:
         result = self.store.upsert(value, as_of)
         if result is not None:
             change, old = result
-            self.handler(change, old, value, from_list)
+            self.handler(change, old, value, source)
 
     async def _watch(self) -> None:
         """Watch from self.resource_version, keeping it current, until the server ends the
@@ -284,12 +292,12 @@ class Reflector(Generic[V]):
         version = str(metadata.get("resourceVersion") or "")
         if kind in ("ADDED", "MODIFIED"):
             if not self._known(_key(metadata), obj):
-                self._store(self.transform(obj), False)
+                self._store(self.transform(obj), Source.WATCH)
         elif kind == "DELETED":
             old = self.store.delete(_key(metadata), str(metadata.get("uid") or ""),
                                     version or None)
             if old is not None:
-                self.handler(Change.DELETED, old, None, False)
+                self.handler(Change.DELETED, old, None, Source.WATCH)
         # BOOKMARK only moves the resourceVersion
         if version:
             self.resource_version = version

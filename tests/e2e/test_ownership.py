@@ -158,6 +158,7 @@ async def test_per_key_state_goes_with_its_nimbus_policy(
     finally:
         print(f"queue and cache at the end: {settled.last}")  # type: ignore[attr-defined]
     assert controller.states.sizes() == start
+    assert len(controller.newcomers) == 0  # each forgotten as its deletion came
     reconciles = sum(reconciler.metric("controller_runtime_reconcile_total",
                                        controller="nimbuspolicy", result=r)
                      for r in ("success", "error"))

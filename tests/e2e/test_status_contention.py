@@ -5,7 +5,7 @@ change, PUT /status with the resourceVersion, again at once on 409) write the sa
 the reconciler does (as its own process, as it runs next to Nimbus's). Nobody's entries are lost,
 and every refusal is counted where a user sees it. Few of its status writes may be refused
 (counted from the API server's audit log, not from its own metrics): a share, measured on a long
-run of its own (`make contention`: 100 NimbusPolicies, about 200 status writes of ours); the
+run of its own (`make contention`: 300 NimbusPolicies, about 600 status writes of ours); the
 short run in `make test` is too small to measure one, and prints it. Its 10 NimbusPolicies
 suffice for what it checks: the contention does not grow with their number (the core works on
 four at a time, each adapter on each as it comes), and at 10 as at 20 about 40% of the others'
@@ -32,7 +32,7 @@ from tests.e2e.nimbus import create_nimbus_policy, nimbus_policies, rule
 from tests.process import ReconcilerProcess
 
 SHORT_RUN = 10  # NimbusPolicies, in `make test`
-LONG_RUN = os.environ.get("NIMBUS_CONTENTION_POLICIES")  # `make contention` sets it (100)
+LONG_RUN = os.environ.get("NIMBUS_CONTENTION_POLICIES")  # `make contention` sets it (300)
 # An adapter's entry per intent it implements: what upstream's netpol and Kyverno adapters
 # would list for these intents (the names are theirs to choose; only the kinds matter here).
 OTHER_ADAPTERS = {

@@ -211,9 +211,23 @@ async def test_a_webhook_refusing_the_status_write_with_422_is_a_refusal_not_a_c
                                              {"resource": "nimbuspolicies/status"}) == 0
 
 
+@pytest.fixture
+async def not_awaiting_the_core(reconciler_kubeconfig: Path, namespace: str
+                                ) -> AsyncIterator[RunningReconciler]:
+    """A reconciler that writes a new NimbusPolicy's status in the reconcile that creates its
+    policies, as it does when the core has written one already: without a core here."""
+    running = RunningReconciler(reconciler_kubeconfig, ControllerConfig(
+        namespaces=(namespace,), await_core_status=0))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 async def test_policies_created_are_logged_when_the_status_write_then_fails(
         api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
-        reconciler: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
+        not_awaiting_the_core: RunningReconciler, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="reconciler")
     # an orphan (the reconciler leaves it alone) to probe the admission policy with
     await create_nimbus_policy(api, namespace, "probe", [rule("dnsManipulation")], owner=None)
@@ -248,11 +262,11 @@ async def test_policies_created_are_logged_when_the_status_write_then_fails(
 
 
 async def test_what_was_written_is_logged_when_the_reconcile_then_crashes(
-        api: httpx.AsyncClient, namespace: str, reconciler: RunningReconciler,
+        api: httpx.AsyncClient, namespace: str, not_awaiting_the_core: RunningReconciler,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the step after the writes (here: reporting raises) loses nothing from the log."""
     caplog.set_level(logging.INFO, logger="reconciler")
-    controller = reconciler.controller
+    controller = not_awaiting_the_core.controller
     assert controller is not None
 
     async def broken(*args: Any) -> None:
@@ -265,3 +279,63 @@ async def test_what_was_written_is_logged_when_the_reconcile_then_crashes(
                                what="the crash")
     assert crashed[0].policies_created == ["np-dnsmanipulation"]
     assert crashed[0].status_written is True and crashed[0].exc_info
+
+
+def audit_time(event: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromisoformat(event["requestReceivedTimestamp"])
+
+
+async def test_a_new_nimbus_policys_first_status_is_left_to_the_core(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler_kubeconfig: Path) -> None:
+    """The core makes a NimbusPolicy, then writes its status. Ours waits for that (a patch made
+    before it, testing that there is no status, would be refused by it), and goes once the
+    core's status comes on the watch: not at the end of the wait, made long here so that only
+    the core's status can have set ours off. Our policies are not held back meanwhile."""
+    running = RunningReconciler(reconciler_kubeconfig, ControllerConfig(
+        namespaces=(namespace,), await_core_status=60))
+    await running.start()
+    try:
+        mark = len(control_plane.audit_events())
+        await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+        await eventually(lambda: has_policies(api, namespace, "np-dnsmanipulation"),
+                         what="the policy, made without waiting")
+        assert status_writes(control_plane, namespace, mark) == []
+        url = f"{nimbus_policies(namespace)}/np"
+        obj = (await api.get(url)).json()  # the core's stamp: read, then PUT with its version
+        status = obj.setdefault("status", {})
+        status.update({"status": "Created", "lastUpdated": stamp(7)})
+        status.setdefault("numberOfAdapterPolicies", 0)
+        (await api.put(f"{url}/status", json=obj)).raise_for_status()
+        wanted = {"status": "Created", "lastUpdated": stamp(7), "numberOfAdapterPolicies": 1,
+                  "adapterPolicies": ["KubeArmorPolicy/np-dnsmanipulation"]}
+        await eventually(lambda: _status_is(api, namespace, "np", wanted), timeout=20,
+                         what="our entry added to the core's status")
+        assert status_writes(control_plane, namespace, mark) == [200]  # once, never refused
+    finally:
+        await running.stop()
+
+
+async def test_a_new_nimbus_policy_no_core_writes_to_still_gets_its_status(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        reconciler: RunningReconciler) -> None:
+    """With no core at all (a NimbusPolicy made by hand), the status is ours to write, with
+    status.status, once the wait for the core is over: not before, not never."""
+    mark = len(control_plane.audit_events())
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    await eventually(lambda: _status_is(api, namespace, "np", {
+        "status": "Created", "numberOfAdapterPolicies": 1,
+        "adapterPolicies": ["KubeArmorPolicy/np-dnsmanipulation"]}), what="the status")
+    ours = [e for e in control_plane.audit_events()[mark:]
+            if e["user"].get("username") == RECONCILER_USER and e["verb"] in ("create", "patch")
+            and e["stage"] == "ResponseComplete"
+            and e["objectRef"]["resource"] in ("kubearmorpolicies", "nimbuspolicies")]
+    assert [(e["verb"], e["objectRef"].get("subresource")) for e in ours] == [
+        ("create", None), ("patch", "status")]
+    waited = (audit_time(ours[1]) - audit_time(ours[0])).total_seconds()
+    assert waited >= reconciler.config.await_core_status - 0.1, waited
+
+
+async def _status_is(api: httpx.AsyncClient, namespace: str, name: str,
+                     wanted: dict[str, Any]) -> bool:
+    return await status_of(api, namespace, name) == wanted

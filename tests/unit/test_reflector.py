@@ -116,7 +116,7 @@ class Lists:
 
 def policies_reflector(client: Any, store: Store[CachedPolicy], lock: anyio.Lock | None = None,
                        changes: list[tuple[Any, ...]] | None = None) -> Reflector[CachedPolicy]:
-    def handler(change: Any, old: Any, new: Any, from_list: bool) -> None:
+    def handler(change: Any, old: Any, new: Any, source: Any) -> None:
         if changes is not None:
             changes.append((change.value, (new or old).name))
     return Reflector(client, KUBEARMOR_POLICIES, "ns", store, CachedPolicy.from_json, handler,
