@@ -107,7 +107,7 @@ class Outcome:
     deleted: list[str] = attrs.Factory(list)
     unchanged: int = 0
     status_written: bool = False
-    status_waits: float = 0.0  # the status write left for this long, to the core's first
+    status_deferred: float = 0.0  # the status write left for so long, to the core's first
     problems: list[Problem] = attrs.Factory(list)
     errors: list[ApiError] = attrs.Factory(list)
     skipped: str | None = None  # why nothing was done: deleted, being deleted, orphan, ...
@@ -190,11 +190,14 @@ class Controller:
         if change is Change.DELETED:
             self.newcomers.forget(obj.key)
         elif change is Change.ADDED and source is Source.WATCH:
+            # (also an event for a key the cache had lost track of, which the store calls an
+            # addition: at worst its status waits a second it need not have)
             self.newcomers.created(obj.key)
         if change is Change.UPDATED and not needs_reconcile(old, new) \
                 and not status_appeared(old, new):
-            # A status write (ours included) cannot change what is desired; the core's first
-            # is what a newcomer's status write waits for.
+            # A status write cannot change what is desired. The first one (the core's) is what
+            # a newcomer's status write waits for; when it is ours after all (no core), its
+            # echo finds the status right and writes nothing.
             return
         self.queue.add(obj.key, _priority(source))
 
@@ -391,6 +394,7 @@ class Controller:
             outcome.errors.clear()
             return outcome
         if not outcome.failed:
+            # (its status may still be to write, left to the core's first: see _write_status)
             state.converged = nimbus_policy.version
         return outcome
 
@@ -515,7 +519,7 @@ class Controller:
                 # the store keeps a tombstone until the watch's DELETED event says it, so an
                 # older event still on its way cannot bring the policy back. That event finds
                 # nothing left to report: say it here.
-                self.on_kubearmor_policy(Change.DELETED, policy, None, Source.WATCH)
+                self.on_kubearmor_policy(Change.DELETED, policy, None, Source.OWN_WRITE)
         outcome.deleted.append(policy.name)
 
     async def _write_status(self, nimbus_policy: CachedNimbusPolicy, names: list[str],
@@ -530,9 +534,12 @@ class Controller:
             if patch is None:
                 return
             wait = 0.0 if current.has_status else self.newcomers.wait(current.key)
-            if wait > 0 and not self.config.dry_run:
-                # the core is about to write its status: we add our entries to it
-                outcome.status_waits = wait
+            if wait > 0:
+                # The core is about to write its status: ours adds our entries to it, when its
+                # appearance brings a reconcile. The reconcile queued here, at the end of the
+                # wait, writes ours if the core has not, and otherwise finds nothing to do (it
+                # is not taken back: one no-op reconcile per NimbusPolicy created).
+                outcome.status_deferred = wait
                 self.queue.add_after(current.key, wait)
                 return
             if self.config.dry_run:
@@ -588,8 +595,8 @@ def _done(outcome: Outcome) -> dict[str, Any]:
     """What a reconcile wrote, as log fields."""
     done = {"policies_created": outcome.created, "policies_updated": outcome.updated,
             "policies_deleted": outcome.deleted, "status_written": outcome.status_written}
-    if outcome.status_waits:
-        done["status_waits"] = round(outcome.status_waits, 3)
+    if outcome.status_deferred:
+        done["status_deferred_s"] = round(outcome.status_deferred, 3)
     return done
 
 

@@ -22,7 +22,9 @@ class Newcomers:
     def __init__(self, clock: Clock, window: float) -> None:
         self._clock, self.window = clock, window
         # key -> when its creation came on the watch, oldest first (creations come in order);
-        # a key is dropped at the next look once `window` old, when it no longer holds a write.
+        # a key is dropped at the next look (created or wait) once `window` old, when it no
+        # longer holds a write back, or at its deletion: so it holds no more than the
+        # creations of the last `window` seconds, and what came before the last look.
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def created(self, key: str) -> None:

@@ -29,12 +29,14 @@ from .store import Change, Store, V
 
 log = logging.getLogger(__name__)
 
+
 class Source(enum.Enum):
-    """Where a change was learnt from."""
+    """Where the news of a change came from."""
 
     FIRST_LIST = "first list"  # there when we started: a backlog, made who knows when
-    RELIST = "relist"  # made while no watch was open (after a 410): a while ago, maybe just now
-    WATCH = "watch"  # made just now
+    RELIST = "relist"  # a LIST after the first (a watch that could not go on): made meanwhile
+    WATCH = "watch"  # an event of the watch: made, changed or deleted just now
+    OWN_WRITE = "own write"  # the answer to a write of ours, told before the watch tells it
 
 
 # (change, old, new, source)

@@ -60,6 +60,8 @@ async def test_a_policy_deleted_while_a_relist_waits_for_its_list_is_recreated(
             policy = (await policies(api, namespace)).get(name)
             return policy is not None and policy["metadata"]["uid"] != cached.uid
         await eventually(recreated, timeout=20, what="the deleted policy created again")
+        # (the status, left to a core for a second first: there is none here)
+        await eventually(lambda: status_lists(api, namespace, "web", 1), what="the status")
         status = (await api.get(f"{nimbus_policies(namespace)}/web")).json()["status"]
         assert status["adapterPolicies"] == [f"KubeArmorPolicy/{name}"]
 

@@ -16,6 +16,7 @@ from reconciler.diff import (
     needs_reconcile,
     render,
     repair_patch,
+    status_appeared,
     status_patch,
 )
 from reconciler.model import KubeArmorPolicy, to_dict
@@ -108,6 +109,18 @@ def test_status_only_changes_need_no_reconcile() -> None:
     reowned = copy.deepcopy(old)
     reowned["metadata"]["ownerReferences"] = []
     assert needs_reconcile(cached_np(old), cached_np(reowned))
+
+
+def test_the_first_status_appearing_is_told_from_later_status_writes() -> None:
+    bare = nimbus_policy(["dnsManipulation"])
+    stamped = copy.deepcopy(bare) | {"status": {"status": "Created", "lastUpdated": "x"}}
+    stamped["metadata"]["resourceVersion"] = "10"
+    listed = copy.deepcopy(stamped)
+    listed["status"] |= {"adapterPolicies": ["KubeArmorPolicy/np-x"], "numberOfAdapterPolicies": 1}
+    assert status_appeared(cached_np(bare), cached_np(stamped))
+    assert not status_appeared(cached_np(stamped), cached_np(listed))
+    assert not status_appeared(None, cached_np(stamped))  # an addition is a reconcile anyway
+    assert not status_appeared(cached_np(bare), cached_np(bare))
 
 
 def test_diff_create_update_delete_unchanged() -> None:

@@ -25,7 +25,7 @@ def test_made_again_it_waits_again_and_deleted_it_is_forgotten() -> None:
     newcomers.created("ns/a")
     clock.advance(0.5)
     newcomers.created("ns/b")
-    newcomers.created("ns/a")  # deleted and made again under its name: a newcomer again
+    newcomers.created("ns/a")  # made again (its deletion missed): a newcomer again
     clock.advance(0.75)
     # a's first creation no longer counts, and b (older than a's second) is still there
     assert (newcomers.wait("ns/a"), newcomers.wait("ns/b")) == (0.25, 0.25)

@@ -17,7 +17,14 @@ from reconciler.clock import FakeClock
 from reconciler.controller import Controller, ControllerConfig, Outcome
 from reconciler.kube import KUBEARMOR_POLICIES, ApiError
 from reconciler.metrics import Metrics
-from reconciler.reflector import Backoff, Reflector, Step, WatchClosedAtOnce, next_step
+from reconciler.reflector import (
+    Backoff,
+    Reflector,
+    Source,
+    Step,
+    WatchClosedAtOnce,
+    next_step,
+)
 from reconciler.store import Store
 from tests.waiting import eventually
 
@@ -118,7 +125,7 @@ def policies_reflector(client: Any, store: Store[CachedPolicy], lock: anyio.Lock
                        changes: list[tuple[Any, ...]] | None = None) -> Reflector[CachedPolicy]:
     def handler(change: Any, old: Any, new: Any, source: Any) -> None:
         if changes is not None:
-            changes.append((change.value, (new or old).name))
+            changes.append((change.value, (new or old).name, source))
     return Reflector(client, KUBEARMOR_POLICIES, "ns", store, CachedPolicy.from_json, handler,
                      Metrics(CollectorRegistry()), page_size=2, page_lock=lock)
 
@@ -143,7 +150,7 @@ async def test_a_relist_drops_a_policy_its_list_did_not_name_though_stored_while
         lock.release()
     assert store.get("ns/ours") is None, "a policy deleted before the LIST stays cached"
     assert store.get("ns/kept") is not None
-    assert ("deleted", "ours") in changes  # its NimbusPolicy is looked at again
+    assert ("deleted", "ours", Source.RELIST) in changes  # its NimbusPolicy is looked at again
 
 
 async def test_an_event_older_than_our_delete_does_not_bring_the_policy_back() -> None:
@@ -196,3 +203,19 @@ async def test_a_second_expired_continue_token_fails_the_list() -> None:
         await reflector.list_once()
     assert failure.value.gone
     assert client.requests == [(2, None), (2, "2"), (2, None), (2, "2")]
+
+
+async def test_each_change_says_whether_the_first_list_a_relist_or_the_watch_found_it() -> None:
+    """The first LIST's objects are a backlog; a relist's and the watch's changes are news (the
+    controller takes only the watch's creations for NimbusPolicies made just now)."""
+    client = Lists(100, [ksp("a", "ua", 90)])
+    changes: list[tuple[Any, ...]] = []
+    reflector = policies_reflector(client, Store(), changes=changes)
+    await reflector.list_once()
+    client.snapshot = (110, [ksp("a", "ua", 105), ksp("b", "ub", 106)])
+    await reflector.list_once()
+    reflector._apply({"type": "ADDED", "object": ksp("c", "uc", 111)})
+    reflector._apply({"type": "DELETED", "object": ksp("b", "ub", 112)})
+    assert changes == [("added", "a", Source.FIRST_LIST), ("updated", "a", Source.RELIST),
+                       ("added", "b", Source.RELIST), ("added", "c", Source.WATCH),
+                       ("deleted", "b", Source.WATCH)]
