@@ -16,7 +16,6 @@ from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import attrs
 import httpx
 import kr8s
@@ -428,11 +427,11 @@ class KubeClient:
             generation = self._credentials()
             with _as_api_errors():
                 async with self.api.call_api(method, version=resource.api_version,
-                                             namespace=namespace, url=url, stream=True,
+                                             namespace=namespace, url=url,
                                              raise_for_status=False, **kwargs) as response:
                     if not response.is_error:
-                        return await _read(response)
-                    await response.aread()
+                        body: bytes = response.content
+                        return body
                     error = ApiError.from_response(response)
             if not (error.unauthorized and attempt == 0):
                 raise error
@@ -545,17 +544,6 @@ class KubeClient:
         answer = await self._attempts("POST", resource, None, self._url(resource),
                                               json=body)
         return await loads(answer) if answer else {}
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The whole body, with a checkpoint after each chunk: read in one go, a 1.5 MB answer (a
-    status patch returns the whole NimbusPolicy; a LIST page) arrived in one step of the event
-    loop whenever its chunks were all there already, stalling it for tens of milliseconds."""
-    chunks = []
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        await anyio.lowlevel.checkpoint()
-    return b"".join(chunks)
 
 
 async def one_at_a_time(items: list[Obj] | ListItems) -> AsyncIterator[Obj]:
