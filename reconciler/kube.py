@@ -10,6 +10,7 @@ import email.utils
 import json
 import logging
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
@@ -207,7 +208,10 @@ def api_error(error: BaseException) -> ApiError | None:
         return ApiError.from_response(error.response)  # kr8s's own first request (/version)
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
-    if isinstance(error, httpx.TransportError | httpx.StreamError):
+    if isinstance(error, httpx.RequestError | httpx.StreamError | ssl.SSLError):
+        # a connection that failed (TransportError), an answer whose body could not be decoded
+        # (DecodingError: a corrupt gzip stream), a TLS record that failed mid-body (SSLError,
+        # which neither httpcore nor httpx maps): the request failed, not the server's answer
         return ApiError(0, type(error).__name__, str(error) or "connection failed")
     return None
 

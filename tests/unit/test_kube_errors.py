@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import resource
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -262,6 +263,7 @@ async def test_message_and_reason_that_are_not_strings(
     (httpx.ReadTimeout("timed out"), "Timeout"),
     (httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
      "RemoteProtocolError"),
+    (ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac"), "SSLError"),
 ])
 async def test_no_answer(kube: tuple[KubeClient, respx.MockRouter], raised: Exception,
                          reason: str) -> None:
@@ -330,3 +332,17 @@ def test_the_soft_limit_on_open_files_is_raised_to_the_hard_one_as_go_does() -> 
 
     assert run(256, 4096) == "4096 4096"
     assert run(200, 250) == "250 250"  # less than needed: all there is (and a warning)
+
+
+async def test_an_answer_whose_body_cannot_be_decoded(
+        kube: tuple[KubeClient, respx.MockRouter]) -> None:
+    """A gzip stream cut or corrupted on the way: the request failed (it may well succeed
+    again), not a crash of the reconcile with httpx's own exception."""
+    client, router = kube
+    router.get(NP_URL).mock(return_value=httpx.Response(
+        200, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        stream=httpx.ByteStream(b"\x1f\x8b\x08\x00 not a gzip stream")))
+    with pytest.raises(ApiError) as error:
+        await client.get(NIMBUS_POLICIES, "ns", "np")
+    assert (error.value.status, error.value.reason) == (0, "DecodingError")
+    assert error.value.transient
