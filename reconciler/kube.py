@@ -208,6 +208,8 @@ def api_error(error: BaseException) -> ApiError | None:
         return ApiError.from_response(error.response)  # kr8s's own first request (/version)
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
+    if isinstance(error, TimeoutError):  # the whole exchange took longer than its deadline
+        return ApiError(0, "Timeout", str(error) or "no whole answer within the request timeout")
     if isinstance(error, httpx.RequestError | httpx.StreamError | ssl.SSLError):
         # a connection that failed (TransportError), an answer whose body could not be decoded
         # (DecodingError: a corrupt gzip stream), a TLS record that failed mid-body (SSLError,
@@ -429,7 +431,10 @@ class KubeClient:
         self._size_pool()
         for attempt in range(2):
             generation = self._credentials()
-            with _as_api_errors():
+            # httpx's timeout bounds each read; this, the whole exchange, as client-go's
+            # request timeout does: an answer trickling in (a slow link, a proxy passing on a
+            # few bytes at a time) cannot hold a reconcile, or a Lease renewal, for longer.
+            with _as_api_errors(), anyio.fail_after(self.request_seconds):
                 async with self.api.call_api(method, version=resource.api_version,
                                              namespace=namespace, url=url,
                                              raise_for_status=False, **kwargs) as response:

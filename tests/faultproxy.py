@@ -40,6 +40,9 @@ Answers (the `answer` of a Rule):
   Delay(seconds)                  wait, then forward
   SlowAnswer(seconds, until=gate)  forward at once, pass the answer on `seconds` later and not
                                   before gate.release()
+  Trickle(every, size)            forward, then pass the answer on `size` bytes every `every`
+                                  seconds (a slow link or proxy: each read is quick, the whole
+                                  answer takes as long as it takes)
   Lost(status, lands_after)       the request lands, the client gets `status` (504) instead of
                                   the API server's answer (a gateway that gave up upstream)
   CloseWatch(after_events=N)      N=0: 200 with an empty watch body, upstream never asked;
@@ -257,6 +260,16 @@ class SlowAnswer:
 
 
 @attrs.frozen
+class Trickle:
+    """Forward at once, then pass the answer on `size` bytes at a time, `every` seconds apart:
+    no read waits long, but the whole answer takes as long as the body is big."""
+
+    every: float
+    size: int = 1
+    name = "trickle"
+
+
+@attrs.frozen
 class Lost:
     """The API server's answer is lost on its way back, as when a gateway or load balancer gives
     up on its upstream: the client is answered `status` (504 by default) and the request is
@@ -369,8 +382,8 @@ class Steer:
     name = "steer"
 
 
-Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | SlowAnswer | Lost | CloseWatch
-          | ErrorEvent | ResetAnswered | Steer)
+Answer = (Forward | Status | Reset | ResetAfter | Stall | Delay | SlowAnswer | Trickle | Lost
+          | CloseWatch | ErrorEvent | ResetAnswered | Steer)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -918,10 +931,14 @@ class FaultProxy:
                     bytes_left -= cut
                 if events_left is not None:
                     events_left -= newlines
-                if cut:
+                if cut and isinstance(answer, Trickle):
+                    for start in range(0, cut, answer.size):
+                        await response.write(chunk[start:min(cut, start + answer.size)])
+                        await asyncio.sleep(answer.every)
+                elif cut:
                     await response.write(chunk[:cut])
-                    if recording is not None:
-                        recording.add(chunk[:cut])
+                if cut and recording is not None:
+                    recording.add(chunk[:cut])
                 events += newlines
                 self._update(exchange, events=events)
             if cuts and isinstance(answer, ResetAfter):

@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from reconciler.controller import Controller, ControllerConfig
-from reconciler.kube import KUBEARMOR_POLICIES, ApiError, KubeClient
+from reconciler.kube import KUBEARMOR_POLICIES, NIMBUS_POLICIES, ApiError, KubeClient
 from reconciler.leaderelection import LeaderElectionConfig, LeaderElector
 from reconciler.metrics import Metrics
 from tests.controlplane.launcher import LocalControlPlane
@@ -45,6 +45,7 @@ from tests.faultproxy import (
     Rule,
     Stall,
     Status,
+    Trickle,
 )
 
 pytestmark = pytest.mark.faults
@@ -358,6 +359,38 @@ async def test_a_write_left_without_an_answer_may_still_land(
     assert client.writes_may_still_land()
     await eventually(lambda: has_policies(api, namespace, "late-dnsmanipulation"),
                      what="the unanswered create, landing all the same")
+
+
+async def test_an_answer_trickling_in_is_given_up_at_the_request_timeout(
+        api: httpx.AsyncClient, namespace: str, control_plane: LocalControlPlane,
+        proxy: FaultProxy) -> None:
+    """An answer passed on a byte every 50 ms: each read is quick, the whole would take over a
+    minute. The request fails as a timeout once its request timeout has passed, as client-go's
+    does, not when the last byte comes; and a write given up that way may still land."""
+    await create_nimbus_policy(api, namespace, "np", [rule("dnsManipulation")])
+    kr8s_api = await kr8s.asyncio.api(kubeconfig=str(
+        control_plane.identity_kubeconfig(RECONCILER_USER, server=proxy.url)))
+    client = KubeClient(kr8s_api, request_timeout=1.0)
+    trickle = proxy.add(Rule(Trickle(every=0.05), kind="get", path=r"/nimbuspolicies/np$",
+                             times=1))
+    started = time.monotonic()
+    with pytest.raises(ApiError) as error:
+        await client.get(NIMBUS_POLICIES, namespace, "np")
+    elapsed = time.monotonic() - started
+    assert (error.value.status, error.value.reason) == (0, "Timeout") and error.value.transient
+    assert trickle.hits == 1 and 1.0 <= elapsed < 10, elapsed
+    answer = await client.get(NIMBUS_POLICIES, namespace, "np")  # the next one, untouched
+    assert answer is not None and answer["metadata"]["name"] == "np"
+    proxy.add(Rule(Trickle(every=0.05), kind="write", method="POST", path="/kubearmorpolicies",
+                   times=1))
+    assert not client.writes_may_still_land()
+    with pytest.raises(ApiError, match="Timeout"):
+        await client.create(KUBEARMOR_POLICIES, namespace, {
+            "apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
+            "metadata": {"name": "p"}, "spec": {"selector": {"matchLabels": {}},
+                                               "file": {"matchPaths": [{"path": "/x"}]}}},
+            "nimbus-kubearmor")
+    assert client.writes_may_still_land()
 
 
 @pytest.mark.parametrize(("answer", "may_have_landed"), [
