@@ -10,7 +10,6 @@ import email.utils
 import json
 import logging
 import math
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
@@ -208,12 +207,9 @@ def api_error(error: BaseException) -> ApiError | None:
         return ApiError.from_response(error.response)  # kr8s's own first request (/version)
     if isinstance(error, kr8s.APITimeoutError | httpx.TimeoutException):
         return ApiError(0, "Timeout", str(error) or type(error).__name__)
-    if isinstance(error, TimeoutError):  # the whole exchange took longer than its deadline
-        return ApiError(0, "Timeout", str(error) or "no whole answer within the request timeout")
-    if isinstance(error, httpx.RequestError | httpx.StreamError | ssl.SSLError):
-        # a connection that failed (TransportError), an answer whose body could not be decoded
-        # (DecodingError: a corrupt gzip stream), a TLS record that failed mid-body (SSLError,
-        # which neither httpcore nor httpx maps): the request failed, not the server's answer
+    if isinstance(error, httpx.TransportError | httpx.StreamError | httpx.DecodingError):
+        # a connection that failed, or an answer whose body could not be decoded (a corrupt
+        # gzip stream): the request failed, not the server's answer
         return ApiError(0, type(error).__name__, str(error) or "connection failed")
     return None
 
@@ -431,17 +427,21 @@ class KubeClient:
         self._size_pool()
         for attempt in range(2):
             generation = self._credentials()
-            # httpx's timeout bounds each read; this, the whole exchange, as client-go's
-            # request timeout does: an answer trickling in (a slow link, a proxy passing on a
-            # few bytes at a time) cannot hold a reconcile, or a Lease renewal, for longer.
-            with _as_api_errors(), anyio.fail_after(self.request_seconds):
-                async with self.api.call_api(method, version=resource.api_version,
-                                             namespace=namespace, url=url,
-                                             raise_for_status=False, **kwargs) as response:
-                    if not response.is_error:
-                        body: bytes = response.content
-                        return body
-                    error = ApiError.from_response(response)
+            # httpx's timeout bounds each read; this, the whole exchange (as client-go's
+            # request timeout does when one is set): an answer trickling in (a slow link, a
+            # proxy passing on a few bytes at a time) cannot hold a reconcile for longer.
+            try:
+                with _as_api_errors(), anyio.fail_after(self.request_seconds):
+                    async with self.api.call_api(method, version=resource.api_version,
+                                                 namespace=namespace, url=url,
+                                                 raise_for_status=False, **kwargs) as response:
+                        if not response.is_error:
+                            body: bytes = response.content
+                            return body
+                        error = ApiError.from_response(response)
+            except TimeoutError as timeout:  # our deadline, not a read's (httpx's own class)
+                raise ApiError(0, "Timeout", f"no whole answer within {self.request_seconds:g}s"
+                               ) from timeout
             if not (error.unauthorized and attempt == 0):
                 raise error
             await self._refresh_credentials(generation)

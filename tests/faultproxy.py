@@ -264,8 +264,8 @@ class Trickle:
     """Forward at once, then pass the answer on `size` bytes at a time, `every` seconds apart:
     no read waits long, but the whole answer takes as long as the body is big."""
 
-    every: float
-    size: int = 1
+    every: float = attrs.field(validator=attrs.validators.ge(0))
+    size: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     name = "trickle"
 
 
@@ -931,14 +931,15 @@ class FaultProxy:
                     bytes_left -= cut
                 if events_left is not None:
                     events_left -= newlines
-                if cut and isinstance(answer, Trickle):
-                    for start in range(0, cut, answer.size):
-                        await response.write(chunk[start:min(cut, start + answer.size)])
+                pieces = [chunk[:cut]] if not isinstance(answer, Trickle) else [
+                    chunk[start:min(cut, start + answer.size)]
+                    for start in range(0, cut, answer.size)]
+                for piece in pieces if cut else []:
+                    await response.write(piece)
+                    if recording is not None:
+                        recording.add(piece)
+                    if isinstance(answer, Trickle):
                         await asyncio.sleep(answer.every)
-                elif cut:
-                    await response.write(chunk[:cut])
-                if cut and recording is not None:
-                    recording.add(chunk[:cut])
                 events += newlines
                 self._update(exchange, events=events)
             if cuts and isinstance(answer, ResetAfter):
