@@ -931,10 +931,9 @@ class FaultProxy:
                     bytes_left -= cut
                 if events_left is not None:
                     events_left -= newlines
-                pieces = [chunk[:cut]] if not isinstance(answer, Trickle) else [
-                    chunk[start:min(cut, start + answer.size)]
-                    for start in range(0, cut, answer.size)]
-                for piece in pieces if cut else []:
+                size = answer.size if isinstance(answer, Trickle) else max(cut, 1)
+                for start in range(0, cut, size):  # the whole chunk at once, unless trickled
+                    piece = chunk[start:min(cut, start + size)]
                     await response.write(piece)
                     if recording is not None:
                         recording.add(piece)
