@@ -193,11 +193,12 @@ class Controller:
             # (also an event for a key the cache had lost track of, which the store calls an
             # addition: at worst its status waits a second it need not have)
             self.newcomers.created(obj.key)
-        if change is Change.UPDATED and not needs_reconcile(old, new) \
-                and not status_appeared(old, new):
-            # A status write cannot change what is desired. The first one (the core's) is what
-            # a newcomer's status write waits for; when it is ours after all (no core), its
-            # echo finds the status right and writes nothing.
+        if change is Change.UPDATED and not needs_reconcile(old, new) and not (
+                status_appeared(old, new) and self.newcomers.wait(obj.key) > 0):
+            # A status write cannot change what is desired. The first one, while a newcomer's
+            # status write waits for it, is the core's: ours goes now. Ours (written once the
+            # wait is over) brings nothing: its echo may come before its answer, and must not
+            # cut short the backoff of a reconcile that failed.
             return
         self.queue.add(obj.key, _priority(source))
 
